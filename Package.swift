@@ -1,0 +1,72 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "aipaging",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "aipaging-agent", targets: ["aipaging-agent"]),
+        .executable(name: "aipagingctl", targets: ["aipagingctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries through pkg-config and one shim for _GNU_SOURCE calls and macros.
+        .systemLibrary(name: "CNFTables", pkgConfig: "libnftnl",
+                       providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
+        .systemLibrary(name: "CNetlinkRoute", pkgConfig: "libnl-route-3.0",
+                       providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]),
+        .target(name: "CAIPagingShim"),
+
+        // Pure core: lease model, validation, policy, admission, state machine, planner. No C.
+        .target(name: "AIPagingCore",
+                dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: strict),
+
+        // Thin kernel adapters: nftables, tc, conntrack, netns, timers. No policy.
+        .target(name: "AIPagingKernel",
+                dependencies: ["CNFTables", "CNetlinkRoute", "CAIPagingShim"],
+                swiftSettings: strict),
+
+        // The daemon's parts: control API, lease service, reconciler.
+        .target(name: "AIPagingAgent",
+                dependencies: [
+                    "AIPagingCore", "AIPagingKernel", "CAIPagingShim",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "NIOHTTP1", package: "swift-nio"),
+                    .product(name: "Logging", package: "swift-log"),
+                ],
+                swiftSettings: strict),
+
+        .executableTarget(name: "aipaging-agent",
+                          dependencies: [
+                            "AIPagingAgent",
+                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                          ],
+                          swiftSettings: strict),
+        .executableTarget(name: "aipagingctl",
+                          dependencies: [
+                            "AIPagingCore",
+                            "CAIPagingShim",
+                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                            .product(name: "Crypto", package: "swift-crypto"),
+                          ],
+                          swiftSettings: strict),
+
+        .testTarget(name: "AIPagingCoreTests", dependencies: ["AIPagingCore"], swiftSettings: strict),
+        .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore"], swiftSettings: strict),
+        .testTarget(name: "AIPagingAgentTests",
+                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel"],
+                    resources: [],
+                    swiftSettings: strict),
+    ]
+)

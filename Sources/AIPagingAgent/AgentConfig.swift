@@ -1,0 +1,125 @@
+import AIPagingCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The agent's configuration: a JSON file (`--config`) with flags on top (flags win).
+public struct AgentConfig: Sendable, Equatable {
+    public var socketPath = "/run/aipaging/agent.sock"
+    /// Socket file mode; 0660 when a group is set, else 0600.
+    public var socketMode: UInt32?
+    /// Group (name or numeric id) that owns the socket file.
+    public var socketGroup: String?
+    public var stateDir = "/var/lib/aipaging"
+    public var policyPath: String?
+    public var flushOnExit = false
+    public var groupSize = Layout.defaultGroupSize
+    public var enforcementPoints: [EnforcementPointConfig] = []
+    public var maxBodyBytes = 64 * 1024
+    public var requestTimeoutMs = 10_000
+    public var logLevel = "info"
+    /// Interval of the background reconcile that detects drift (ms).
+    public var reconcileIntervalMs = 1000
+
+    public static let defaultCapacityKbit: UInt64 = 1_000_000
+
+    public init() {}
+
+    public struct LoadError: Error, Sendable, CustomStringConvertible, Equatable {
+        public var description: String
+    }
+
+    /// Parses a config file; unknown keys are errors.
+    public static func parse(_ bytes: some Collection<UInt8>) throws(LoadError) -> AgentConfig {
+        func fail(_ m: String) -> LoadError { LoadError(description: "config: \(m)") }
+        let root: JSON.Object
+        do {
+            guard let o = try JSON.parse(bytes).objectValue else { throw fail("must be a JSON object") }
+            root = o
+        } catch let e as JSON.ParseError {
+            throw fail(e.description)
+        } catch let e as LoadError {
+            throw e
+        } catch { throw fail("\(error)") }
+        var c = AgentConfig()
+        let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
+                                  "enforcement_points", "max_body_bytes", "request_timeout_ms", "log_level",
+                                  "reconcile_interval_ms", "comment"]
+        for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
+        if let v = root["socket"] { guard let s = v.stringValue else { throw fail("socket must be a path") }; c.socketPath = s }
+        if let v = root["socket_mode"] {
+            guard let s = v.stringValue, let m = UInt32(s, radix: 8), m <= 0o777 else { throw fail("socket_mode must be an octal string like \"0660\"") }
+            c.socketMode = m
+        }
+        if let v = root["socket_group"] { c.socketGroup = v.stringValue ?? v.int64Value.map { String($0) } }
+        if let v = root["state_dir"] { guard let s = v.stringValue else { throw fail("state_dir must be a path") }; c.stateDir = s }
+        if let v = root["policy"] { c.policyPath = v.stringValue }
+        if let v = root["flush_on_exit"] { guard let b = v.boolValue else { throw fail("flush_on_exit must be a boolean") }; c.flushOnExit = b }
+        if let v = root["group_size"] {
+            guard let n = v.int64Value, (1...4096).contains(n) else { throw fail("group_size must be 1..4096") }
+            c.groupSize = Int(n)
+        }
+        if let v = root["max_body_bytes"] {
+            guard let n = v.int64Value, (256...16_777_216).contains(n) else { throw fail("max_body_bytes must be 256..16777216") }
+            c.maxBodyBytes = Int(n)
+        }
+        if let v = root["request_timeout_ms"] {
+            guard let n = v.int64Value, (10...600_000).contains(n) else { throw fail("request_timeout_ms must be 10..600000") }
+            c.requestTimeoutMs = Int(n)
+        }
+        if let v = root["reconcile_interval_ms"] {
+            guard let n = v.int64Value, (0...3_600_000).contains(n) else { throw fail("reconcile_interval_ms must be 0..3600000") }
+            c.reconcileIntervalMs = Int(n)
+        }
+        if let v = root["log_level"] { c.logLevel = v.stringValue ?? "info" }
+        if let v = root["enforcement_points"] {
+            guard let arr = v.arrayValue else { throw fail("enforcement_points must be an array") }
+            var names = Set<String>()
+            for (i, item) in arr.enumerated() {
+                guard let o = item.objectValue else { throw fail("enforcement_points[\(i)] must be an object") }
+                for k in o.keys where !["name", "netns", "capacity_kbit", "comment"].contains(k) {
+                    throw fail("enforcement_points[\(i)]: unknown key \"\(k)\"")
+                }
+                let netns = o["netns"]?.stringValue
+                guard let name = o["name"]?.stringValue ?? netns, Identifier.isValid(name) else {
+                    throw fail("enforcement_points[\(i)] needs a name (identifier)")
+                }
+                guard names.insert(name).inserted else { throw fail("enforcement point \(name) appears twice") }
+                var cap = defaultCapacityKbit
+                if let cv = o["capacity_kbit"] {
+                    guard let n = cv.int64Value, n > 0 else { throw fail("enforcement_points[\(i)].capacity_kbit must be > 0") }
+                    cap = UInt64(n)
+                }
+                c.enforcementPoints.append(EnforcementPointConfig(name: name, netns: netns, capacityKbit: cap))
+            }
+        }
+        return c
+    }
+
+    /// Applies the flags of CONTRACT.md on top of the file: `--netns` and `--capacity-kbit`
+    /// configure the first (default) enforcement point, creating it if the file has none.
+    public mutating func applyFlags(socket: String?, netns: String?, stateDir: String?, capacityKbit: UInt64?,
+                                    policy: String?, flushOnExit: Bool?) {
+        if let socket { socketPath = socket }
+        if let stateDir { self.stateDir = stateDir }
+        if let policy { policyPath = policy }
+        if let flushOnExit { self.flushOnExit = flushOnExit }
+        if enforcementPoints.isEmpty {
+            enforcementPoints.append(EnforcementPointConfig(name: netns ?? "default", netns: netns,
+                                                            capacityKbit: capacityKbit ?? AgentConfig.defaultCapacityKbit))
+        } else {
+            if let netns { enforcementPoints[0].netns = netns }
+            if let capacityKbit { enforcementPoints[0].capacityKbit = capacityKbit }
+        }
+    }
+
+    /// Capacity per point: the policy's value where it names the point, else the config's.
+    /// An explicit `--capacity-kbit` flag has already been written into the first point and wins.
+    public func effectivePoints(policy: Policy, capacityFlag: UInt64?) -> [EnforcementPointConfig] {
+        enforcementPoints.enumerated().map { i, p in
+            var q = p
+            if !(i == 0 && capacityFlag != nil), let cap = policy.capacityKbit[p.name] { q.capacityKbit = cap }
+            return q
+        }
+    }
+}

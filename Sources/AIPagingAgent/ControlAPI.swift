@@ -1,0 +1,289 @@
+import AIPagingCore
+
+/// The credentials of the process on the other end of the control socket (SO_PEERCRED).
+public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(pid: Int32, uid: UInt32, gid: UInt32) { self.pid = pid; self.uid = uid; self.gid = gid }
+    public var description: String { "pid=\(pid) uid=\(uid) gid=\(gid)" }
+}
+
+/// A request as the control API sees it, independent of the HTTP library.
+public struct APIRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var query: [String: String]
+    public var contentType: String?
+    public var body: [UInt8]
+    public var peer: PeerCredentials
+
+    public init(method: String, target: String, contentType: String? = nil, body: [UInt8] = [], peer: PeerCredentials) {
+        self.method = method
+        let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        self.path = parts.isEmpty ? "/" : String(parts[0])
+        var q: [String: String] = [:]
+        if parts.count == 2 {
+            for pair in parts[1].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let k = APIRequest.percentDecode(String(kv[0]))
+                q[k] = kv.count == 2 ? APIRequest.percentDecode(String(kv[1])) : ""
+            }
+        }
+        self.query = q
+        self.contentType = contentType
+        self.body = body
+        self.peer = peer
+    }
+
+    static func percentDecode(_ s: String) -> String {
+        var out = [UInt8]()
+        var it = Array(s.utf8)[...]
+        while let c = it.first {
+            it = it.dropFirst()
+            if c == UInt8(ascii: "%"), it.count >= 2, let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(v)
+                it = it.dropFirst(2)
+            } else if c == UInt8(ascii: "+") {
+                out.append(0x20)
+            } else {
+                out.append(c)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// A response: a status and a JSON/text body, or a stream of chunks (NDJSON events).
+public struct APIResponse: Sendable {
+    public enum Body: Sendable {
+        case bytes([UInt8])
+        case stream(AsyncStream<[UInt8]>)
+    }
+    public var status: Int
+    public var contentType: String
+    public var body: Body
+    public var headers: [(String, String)] = []
+
+    public static func json(_ status: Int, _ value: JSON) -> APIResponse {
+        APIResponse(status: status, contentType: "application/json", body: .bytes(Array((value.serialized() + "\n").utf8)))
+    }
+    public static func error(_ e: LeaseError) -> APIResponse { json(e.status, e.body) }
+    public static func text(_ status: Int, _ s: String, contentType: String = "text/plain; charset=utf-8") -> APIResponse {
+        APIResponse(status: status, contentType: contentType, body: .bytes(Array(s.utf8)))
+    }
+
+    public var bodyBytes: [UInt8]? { if case .bytes(let b) = body { return b } else { return nil } }
+}
+
+/// Routes control requests to the lease service. This is the whole HTTP surface of the agent;
+/// `routes` lists it and a test holds the OpenAPI document to it.
+public struct ControlAPI: Sendable {
+    public let service: LeaseService
+    public let clock: any AgentClock
+    public let evidence: EvidenceStore
+    public let metrics: MetricsRenderer
+    public let version: String
+
+    public init(service: LeaseService, clock: any AgentClock, evidence: EvidenceStore, metrics: MetricsRenderer, version: String = AgentVersion.string) {
+        self.service = service
+        self.clock = clock
+        self.evidence = evidence
+        self.metrics = metrics
+        self.version = version
+    }
+
+    /// Every (method, path template) the API serves.
+    public static let routes: [(method: String, path: String)] = [
+        ("PUT", "/v1/leases/{lease_id}"),
+        ("GET", "/v1/leases"),
+        ("GET", "/v1/leases/{lease_id}"),
+        ("DELETE", "/v1/leases/{lease_id}"),
+        ("GET", "/v1/evidence"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/status"),
+        ("GET", "/metrics"),
+    ]
+
+    public func handle(_ req: APIRequest) async -> APIResponse {
+        let policy = await service.policy
+        guard policy.allowsPeer(uid: req.peer.uid, gid: req.peer.gid) else {
+            return .error(LeaseError(.unauthorizedPeer, "peer \(req.peer) is not allowed by the policy (peers.uids/gids)"))
+        }
+        let segments = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        switch (req.method, segments.count, segments.first) {
+        case (_, 3, "v1") where segments[1] == "leases":
+            let id = APIRequest.percentDecode(segments[2])
+            switch req.method {
+            case "PUT": return await put(id: id, req, policy: policy)
+            case "GET": return await show(id: id)
+            case "DELETE": return await revoke(id: id)
+            default: return methodNotAllowed(req, allowed: "GET, PUT, DELETE")
+            }
+        case (_, 2, "v1"):
+            switch (segments[1], req.method) {
+            case ("leases", "GET"): return await list(req)
+            case ("evidence", "GET"): return await evidenceQuery(req)
+            case ("events", "GET"): return events(req)
+            case ("status", "GET"): return await status()
+            case ("leases", _), ("evidence", _), ("events", _), ("status", _): return methodNotAllowed(req, allowed: "GET")
+            default: break
+            }
+        case ("GET", 1, "metrics"):
+            return .text(200, await metrics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case (_, 1, "metrics"):
+            return methodNotAllowed(req, allowed: "GET")
+        default:
+            break
+        }
+        return .error(LeaseError(.notFound, "no such endpoint: \(req.method) \(req.path)"))
+    }
+
+    func methodNotAllowed(_ req: APIRequest, allowed: String) -> APIResponse {
+        var r = APIResponse.error(LeaseError(.methodNotAllowed, "\(req.method) is not allowed on \(req.path) (allowed: \(allowed))"))
+        r.headers.append(("Allow", allowed))
+        return r
+    }
+
+    // MARK: leases
+
+    func put(id: String, _ req: APIRequest, policy: Policy) async -> APIResponse {
+        let media = (req.contentType ?? "application/json").split(separator: ";").first.map { $0.trimmingSpaces.lowercased() } ?? ""
+        let payload: [UInt8]
+        switch media {
+        case "application/json", "":
+            guard policy.acceptUnsigned else {
+                return .error(LeaseError(.signatureRequired, "this policy accepts only signed leases: send the lease as a JWS (Content-Type: application/jose)"))
+            }
+            payload = req.body
+        case "application/jose", "application/jws":
+            do { payload = try JWS.verify(req.body, keys: policy.keys).payload } catch { return .error(error) }
+        default:
+            return .error(LeaseError(.unsupportedMediaType, "Content-Type must be application/json or application/jose, not \(media)"))
+        }
+        let request: CommitRequest
+        do { request = try CommitDecoder.decode(payload) } catch { return .error(error) }
+        guard request.leaseID == id else {
+            return .error(LeaseError(.leaseIdMismatch, "the path names lease \(id) but the body's lease_id is \(request.leaseID)", field: "lease_id"))
+        }
+        do {
+            let outcome = try await service.commit(request)
+            let status: Int
+            if case .renewal = outcome.kind { status = 200 } else { status = 201 }
+            return .json(status, Views.commit(outcome, now: clock.now()))
+        } catch let e as LeaseError {
+            return .error(e)
+        } catch {
+            return .error(LeaseError(.enforcementFailed, "\(error)"))
+        }
+    }
+
+    func show(id: String) async -> APIResponse {
+        guard let l = await service.lease(id) else {
+            return .error(LeaseError(.leaseNotFound, "no live lease \(id)"))
+        }
+        return .json(200, Views.lease(l, now: clock.now()))
+    }
+
+    func list(_ req: APIRequest) async -> APIResponse {
+        var leases = await service.leases()
+        if let aisi = req.query["aisi"] { leases = leases.filter { $0.aisi == aisi } }
+        if let state = req.query["state"] { leases = leases.filter { $0.state.rawValue == state } }
+        if let ep = req.query["enforcement_point"] { leases = leases.filter { $0.enforcementPoint == ep } }
+        leases.sort { ($0.admittedAt.boot, $0.id) < ($1.admittedAt.boot, $1.id) }
+        var limited = leases[...]
+        if let l = req.query["limit"], let n = Int(l), n >= 0 { limited = limited.prefix(n) }
+        let now = clock.now()
+        return .json(200, ["count": .int(leases.count), "leases": .array(limited.map { Views.lease($0, now: now) })])
+    }
+
+    func revoke(id: String) async -> APIResponse {
+        do {
+            let l = try await service.revoke(id)
+            return .json(200, Views.lease(l, now: clock.now()))
+        } catch let e as LeaseError {
+            return .error(e)
+        } catch {
+            return .error(LeaseError(.enforcementFailed, "\(error)"))
+        }
+    }
+
+    // MARK: evidence, events, status
+
+    func evidenceQuery(_ req: APIRequest) async -> APIResponse {
+        var q = EvidenceQuery()
+        q.aisi = req.query["aisi"]
+        q.leaseID = req.query["lease_id"] ?? req.query["lease"]
+        if let s = req.query["since"] {
+            guard let t = WallTime(rfc3339: s) else { return .error(LeaseError(.badRequest, "since must be RFC 3339")) }
+            q.since = t
+        }
+        if let s = req.query["until"] {
+            guard let t = WallTime(rfc3339: s) else { return .error(LeaseError(.badRequest, "until must be RFC 3339")) }
+            q.until = t
+        }
+        if let k = req.query["kind"] { q.kind = k }
+        if let l = req.query["limit"], let n = Int(l), n >= 0 { q.limit = n }
+        let records = await evidence.query(q)
+        return .json(200, ["count": .int(records.count), "records": .array(records.map(\.json))])
+    }
+
+    func events(_ req: APIRequest) -> APIResponse {
+        let since = req.query["since"].flatMap { UInt64($0) } ?? 0
+        let follow = req.query["follow"].map { $0 != "false" && $0 != "0" } ?? true
+        let bus = service.events
+        if !follow {
+            var out = [UInt8]()
+            for e in bus.history(after: since) { out += Array((e.json.serialized() + "\n").utf8) }
+            return APIResponse(status: 200, contentType: "application/x-ndjson", body: .bytes(out))
+        }
+        let source = bus.subscribe(after: since)
+        let stream = AsyncStream<[UInt8]> { cont in
+            let task = Task {
+                for await e in source { cont.yield(Array((e.json.serialized() + "\n").utf8)) }
+                cont.finish()
+            }
+            cont.onTermination = { _ in task.cancel() }
+        }
+        return APIResponse(status: 200, contentType: "application/x-ndjson", body: .stream(stream))
+    }
+
+    func status() async -> APIResponse {
+        let now = clock.now()
+        let snapshot = await service.snapshot()
+        var points: [JSON] = []
+        for p in snapshot.points {
+            var o = JSON.Object()
+            o["name"] = .string(p.config.name)
+            o["netns"] = .optional(p.config.netns)
+            o["capacity_kbit"] = .int(p.config.capacityKbit)
+            o["guaranteed_kbit"] = .int(p.guaranteedKbit)
+            o["leases"] = .int(p.leases)
+            o["interfaces"] = .array(p.interfaces.sorted().map { .string($0) })
+            o["in_sync"] = .bool(!p.needsResync)
+            points.append(.object(o))
+        }
+        var byState = JSON.Object()
+        for s in LeaseState.allCases where s.isLive { byState[s.rawValue] = .int(snapshot.byState[s] ?? 0) }
+        var o = JSON.Object()
+        o["status"] = .string(snapshot.points.allSatisfy { !$0.needsResync } ? "ok" : "degraded")
+        o["version"] = .string(version)
+        o["policy"] = .string(snapshot.policyName)
+        o["lab_policy"] = .bool(snapshot.labPolicy)
+        o["leases"] = .object(byState)
+        o["enforcement_points"] = .array(points)
+        o["time"] = .string(now.wall.rfc3339)
+        o["events_seq"] = .int(service.events.lastSeq)
+        return .json(200, .object(o))
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}
+
+public enum AgentVersion {
+    public static let string = "0.1.0"
+}

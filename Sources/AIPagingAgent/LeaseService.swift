@@ -1,0 +1,544 @@
+import AIPagingCore
+import Logging
+
+/// An enforcement point: a namespace whose nftables table and HTB classes the agent owns.
+public struct EnforcementPointConfig: Sendable, Equatable {
+    public var name: String
+    /// Network namespace name (`/run/netns/NAME`), or nil for the agent's own.
+    public var netns: String?
+    public var capacityKbit: UInt64
+    public init(name: String, netns: String?, capacityKbit: UInt64) {
+        self.name = name
+        self.netns = netns
+        self.capacityKbit = capacityKbit
+    }
+}
+
+/// What a successful PUT returns.
+public struct CommitOutcome: Sendable {
+    public var kind: Admission.Kind
+    public var lease: Lease
+    /// For a relocation: the old lease as it is now (draining).
+    public var relocated: Lease?
+    /// When the kernel transaction that made the lease effective committed.
+    public var switchedAt: ClockReading
+}
+
+/// The one place leases change. Every mutation (commit, revoke, expiry, drain end, resync)
+/// goes through a queue that `run()` drains in batches: a batch is admitted in the table, planned
+/// into one change per enforcement point (one nftables transaction each), applied, and only then
+/// answered. Reads (list, show, status) are served directly.
+public actor LeaseService {
+    struct Point {
+        var config: EnforcementPointConfig
+        let backend: any EnforcementBackend
+        var applied = KernelState()
+        var needsResync = true
+        var routeCache: [IPAddress: (String, BootInstant)] = [:]
+    }
+
+    enum Work {
+        case commit(CommitRequest, CheckedContinuation<CommitOutcome, any Error>)
+        case revoke(LeaseID, CheckedContinuation<Lease, any Error>)
+        case tick
+        case resync
+    }
+
+    public private(set) var table: LeaseTable
+    var points: [String: Point] = [:]
+    public let defaultPoint: String
+    public private(set) var policy: Policy
+    let planner: Planner
+    let clock: any AgentClock
+    public let events: EventBus
+    let logger: Logger
+    var deadlines = DeadlineQueue()
+    var pending: [Work] = []
+    let signal: AsyncStream<Void>.Continuation
+    let signals: AsyncStream<Void>
+    var running = false
+    var stopped = false
+    /// Called with the earliest deadline after every batch (the timerfd arms itself there).
+    var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
+    public private(set) var stats = Stats()
+
+    public struct Stats: Sendable {
+        public var admitted = 0
+        public var renewed = 0
+        public var relocated = 0
+        public var revoked = 0
+        public var expired = 0
+        public var drained = 0
+        public var rejected: [RejectCause: Int] = [:]
+        public var resyncs = 0
+        public var repairs = 0
+        public var batches = 0
+        public var lastApplyNs: UInt64 = 0
+        public var installLatencies = LatencyHistogram()
+        public var expiryLateness = LatencyHistogram()
+    }
+
+    public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
+                clock: any AgentClock = SystemClock(), planner: Planner = Planner(), groupSize: Int = Layout.defaultGroupSize,
+                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases")) {
+        precondition(!configs.isEmpty, "at least one enforcement point")
+        self.table = LeaseTable(groupSize: groupSize)
+        for c in configs {
+            guard let b = backends[c.name] else { preconditionFailure("no backend for \(c.name)") }
+            points[c.name] = Point(config: c, backend: b)
+        }
+        self.defaultPoint = configs[0].name
+        self.policy = policy
+        self.clock = clock
+        self.planner = planner
+        self.events = events
+        self.logger = logger
+        (signals, signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public func setDeadlineObserver(_ observer: @escaping @Sendable (BootInstant?) -> Void) {
+        onDeadlineChange = observer
+    }
+
+    // MARK: public API
+
+    /// Admits a COMMIT and returns once its kernel state exists (or throws a `LeaseError`).
+    public func commit(_ request: CommitRequest) async throws -> CommitOutcome {
+        guard !stopped else { throw LeaseError(.shuttingDown, "the agent is stopping") }
+        return try await withCheckedThrowingContinuation { c in
+            pending.append(.commit(request, c))
+            signal.yield()
+        }
+    }
+
+    /// Revokes a live lease; returns once its kernel state is gone.
+    public func revoke(_ id: LeaseID) async throws -> Lease {
+        guard !stopped else { throw LeaseError(.shuttingDown, "the agent is stopping") }
+        return try await withCheckedThrowingContinuation { c in
+            pending.append(.revoke(id, c))
+            signal.yield()
+        }
+    }
+
+    /// Asks the run loop to end due leases now (the timer calls this).
+    public nonisolated func tick() {
+        Task { await self.enqueue(.tick) }
+    }
+
+    func enqueue(_ w: Work) {
+        pending.append(w)
+        signal.yield()
+    }
+
+    /// Processes due deadlines synchronously (tests with a manual clock call this).
+    public func processTick() {
+        pending.append(.tick)
+        processPending()
+    }
+
+    /// Forces a full reconcile of every enforcement point (start, drift, after failures).
+    public func requestResync() {
+        for k in points.keys { points[k]!.needsResync = true }
+        enqueue(.resync)
+    }
+
+    public func lease(_ id: LeaseID) -> Lease? { table[id] }
+
+    public func leases() -> [Lease] { Array(table.leases.values) }
+
+    public func appliedState(point: String) -> KernelState? { points[point]?.applied }
+
+    public var pointNames: [String] { points.keys.sorted() }
+
+    public func pointConfig(_ name: String) -> EnforcementPointConfig? { points[name]?.config }
+
+    public func updatePolicy(_ p: Policy) { policy = p }
+
+    public func counters(point: String) throws -> [UInt32: FlowCounters] {
+        guard let p = points[point] else { return [:] }
+        do { return try p.backend.counters() } catch { throw error }
+    }
+
+    // MARK: lifecycle
+
+    /// Prepares every backend and reconciles the kernel with the (possibly journal-loaded)
+    /// lease table before anything is served.
+    public func start() throws {
+        for name in points.keys.sorted() {
+            let p = points[name]!
+            do {
+                try p.backend.prepare()
+            } catch {
+                throw EnforcementError(error.cause, "preparing \(name) (\(p.backend.location)): \(error.message)")
+            }
+            _ = resync(name)
+            if points[name]!.needsResync {
+                throw EnforcementError(.enforcementFailed, "could not reconcile \(name) (\(p.backend.location)) at start")
+            }
+        }
+        rearm()
+    }
+
+    /// Drains the work queue until `stop()`; run it in the agent's task group.
+    public func run() async {
+        running = true
+        for await _ in signals {
+            processPending()
+            if stopped { break }
+        }
+        failPending(LeaseError(.shuttingDown, "the agent is stopping"))
+    }
+
+    /// Stops the run loop; with `flush`, removes every piece of the agent's kernel state.
+    public func stop(flush: Bool) {
+        stopped = true
+        signal.yield()
+        signal.finish()
+        if flush {
+            for name in points.keys.sorted() {
+                do {
+                    try points[name]!.backend.removeAll()
+                    logger.info("removed all kernel state", metadata: ["point": "\(name)"])
+                } catch {
+                    logger.error("flush on exit failed", metadata: ["point": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+        events.finishAll()
+    }
+
+    func failPending(_ e: LeaseError) {
+        let items = pending
+        pending = []
+        for w in items {
+            switch w {
+            case .commit(_, let c): c.resume(throwing: e)
+            case .revoke(_, let c): c.resume(throwing: e)
+            case .tick, .resync: break
+            }
+        }
+    }
+
+    // MARK: the batch
+
+    struct PendingCommit {
+        var request: CommitRequest
+        var continuation: CheckedContinuation<CommitOutcome, any Error>
+        var admission: Admission
+    }
+
+    func processPending() {
+        guard !pending.isEmpty else { return }
+        let items = pending
+        pending = []
+        stats.batches += 1
+        let now = clock.now()
+
+        var commits: [PendingCommit] = []
+        var revokes: [(LeaseID, CheckedContinuation<Lease, any Error>, Lease)] = []
+        var ended: [(Lease, LifecycleEvent.Kind)] = []
+        var scopes: [String: Scope] = [:]
+        var wantResync = false
+
+        for item in items {
+            switch item {
+            case .commit(let req, let cont):
+                do {
+                    let adm = try admit(req, now: now)
+                    var s = scopes[adm.lease.enforcementPoint] ?? Scope()
+                    s.add(adm.lease)
+                    for id in adm.undo.touchedLeaseIDs { if let l = table[id] { s.add(l) } }
+                    if case .renewal(let prev) = adm.kind { s.add(prev) }
+                    scopes[adm.lease.enforcementPoint] = s
+                    commits.append(PendingCommit(request: req, continuation: cont, admission: adm))
+                } catch let e as LeaseError {
+                    reject(e)
+                    cont.resume(throwing: e)
+                } catch {
+                    let e = LeaseError(.enforcementFailed, "\(error)")
+                    reject(e)
+                    cont.resume(throwing: e)
+                }
+            case .revoke(let id, let cont):
+                guard let l = table[id] else {
+                    cont.resume(throwing: LeaseError(.leaseNotFound, "no live lease \(id)"))
+                    continue
+                }
+                var undo = LeaseTable.Undo()
+                guard let e = table.end(id, .revoked, at: now, undo: &undo) else {
+                    cont.resume(throwing: LeaseError(.leaseNotActive, "lease \(id) is \(l.state.rawValue)"))
+                    continue
+                }
+                scopes[l.enforcementPoint, default: Scope()].add(l)
+                revokes.append((id, cont, e))
+            case .tick:
+                for l in dueLeases(at: now.boot) {
+                    var undo = LeaseTable.Undo()
+                    let event: LeaseEvent = (l.state == .draining && (l.drainEndsAt ?? l.deadline) < l.deadline) ? .drainEnded : .expired
+                    if let e = table.end(l.id, event, at: now, undo: &undo) {
+                        scopes[l.enforcementPoint, default: Scope()].add(l)
+                        ended.append((e, event == .drainEnded ? .drained : .expired))
+                        stats.expiryLateness.record(nanoseconds: l.nextDeadline.nanoseconds(until: now.boot))
+                    }
+                }
+            case .resync:
+                wantResync = true
+            }
+        }
+
+        // Apply per enforcement point.
+        var failedPoints: [String: EnforcementError] = [:]
+        for (name, scope) in scopes.sorted(by: { $0.key < $1.key }) {
+            if points[name]!.needsResync { continue }   // the full resync below covers it
+            if let err = applyScope(name, scope) { failedPoints[name] = err }
+        }
+        let applyDone = clock.now()
+
+        // Failed points: undo this batch's admissions there, resync, then retry one at a time.
+        var retry: [PendingCommit] = []
+        if !failedPoints.isEmpty {
+            for c in commits.reversed() where failedPoints[c.admission.lease.enforcementPoint] != nil {
+                table.rollback(c.admission.undo)
+            }
+            retry = commits.filter { failedPoints[$0.admission.lease.enforcementPoint] != nil }
+            commits = commits.filter { failedPoints[$0.admission.lease.enforcementPoint] == nil }
+        }
+        for name in points.keys.sorted() where points[name]!.needsResync || wantResync || failedPoints[name] != nil {
+            _ = resync(name)
+        }
+
+        for c in commits { finishCommit(c, at: applyDone) }
+        for c in retry {
+            let point = c.admission.lease.enforcementPoint
+            if points[point]!.needsResync {
+                let e = LeaseError(.enforcementFailed, "enforcement point \(point) could not be reconciled: \(failedPoints[point]?.message ?? "unknown error")")
+                reject(e)
+                c.continuation.resume(throwing: e)
+                continue
+            }
+            let single = clock.now()
+            do {
+                let adm = try admit(c.request, now: single)
+                var s = Scope()
+                s.add(adm.lease)
+                for id in adm.undo.touchedLeaseIDs { if let l = table[id] { s.add(l) } }
+                if case .renewal(let prev) = adm.kind { s.add(prev) }
+                if let err = applyScope(point, s) {
+                    table.rollback(adm.undo)
+                    _ = resync(point)
+                    let e = LeaseError(err.cause, "installing lease \(c.request.leaseID) at \(point) failed, nothing of it remains: \(err.message)")
+                    reject(e)
+                    c.continuation.resume(throwing: e)
+                } else {
+                    finishCommit(PendingCommit(request: c.request, continuation: c.continuation, admission: adm), at: clock.now())
+                }
+            } catch let e as LeaseError {
+                reject(e)
+                c.continuation.resume(throwing: e)
+            } catch {
+                c.continuation.resume(throwing: error)
+            }
+        }
+
+        for (_, cont, lease) in revokes {
+            stats.revoked += 1
+            publish(.revoked, lease, at: applyDone)
+            if points[lease.enforcementPoint]!.needsResync {
+                cont.resume(throwing: LeaseError(.enforcementFailed, "lease \(lease.id) is revoked but its kernel state could not be removed yet; the kernel timeouts end it at \(lease.expiresAt.rfc3339) at the latest and the agent keeps retrying"))
+            } else {
+                cont.resume(returning: lease)
+            }
+        }
+        for (lease, kind) in ended {
+            if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
+            publish(kind, lease, at: applyDone, related: lease.replacedBy)
+        }
+        rearm()
+    }
+
+    func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {
+        let point = req.enforcementPoint ?? defaultPoint
+        guard points[point] != nil else {
+            throw LeaseError(.unknownEnforcementPoint, "enforcement point \"\(point)\" is not configured (known: \(points.keys.sorted().joined(separator: ", ")))", field: "enforcement_point")
+        }
+        let iface = try resolveInterface(point: point, address: req.anchor.address, now: now.boot)
+        var caps: [String: UInt64] = [:]
+        for (k, p) in points { caps[k] = p.config.capacityKbit }
+        let ctx = AdmissionContext(now: now, policy: policy, capacityKbit: caps, defaultPoint: defaultPoint, anchorInterface: iface)
+        return try table.admit(req, context: ctx)
+    }
+
+    func resolveInterface(point: String, address: IPAddress, now: BootInstant) throws -> String {
+        if let (iface, until) = points[point]!.routeCache[address], until > now { return iface }
+        do {
+            let iface = try points[point]!.backend.interface(toward: address)
+            points[point]!.routeCache[address] = (iface, now.adding(milliseconds: 2000))
+            return iface
+        } catch {
+            throw LeaseError(error.cause == .noRouteToAnchor ? .noRouteToAnchor : .enforcementFailed,
+                             "cannot find the interface toward anchor \(address) in \(points[point]!.backend.location): \(error.message)",
+                             field: "anchor.address")
+        }
+    }
+
+    func finishCommit(_ c: PendingCommit, at done: ClockReading) {
+        let id = c.admission.lease.id
+        var relocated: Lease?
+        switch c.admission.kind {
+        case .new:
+            table.activate(id, switchedAt: done.boot)
+            stats.admitted += 1
+            publish(.admitted, table[id]!, at: done)
+        case .renewal:
+            stats.renewed += 1
+            publish(.renewed, table[id]!, at: done)
+        case .relocation(let old):
+            table.activate(id, switchedAt: done.boot)
+            stats.relocated += 1
+            relocated = table[old]
+            var detail = JSON.Object()
+            if let end = relocated?.drainEndsAt { detail["drain_ends_at"] = .string(done.wall(at: end).rfc3339) }
+            publish(.switched, table[id]!, at: done, related: old, relatedAnchor: relocated?.request.anchor, detail: detail)
+        }
+        let lease = table[id]!
+        deadlines.push(lease.nextDeadline, id)
+        if let r = relocated { deadlines.push(r.nextDeadline, r.id) }
+        stats.installLatencies.record(nanoseconds: c.admission.lease.admittedAt.boot.nanoseconds(until: done.boot))
+        c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done))
+    }
+
+    func reject(_ e: LeaseError) { stats.rejected[e.cause, default: 0] += 1 }
+
+    func publish(_ kind: LifecycleEvent.Kind, _ l: Lease, at t: ClockReading, related: LeaseID? = nil,
+                 relatedAnchor: Anchor? = nil, detail: JSON.Object = JSON.Object()) {
+        let msg: Logger.Message = "lease \(kind.rawValue)"
+        logger.info(msg, metadata: ["lease.id": "\(l.id)", "aisi": "\(l.aisi)", "anchor": "\(l.request.anchor.id)",
+                                    "point": "\(l.enforcementPoint)", "state": "\(l.state.rawValue)"])
+        events.publish { seq in
+            LifecycleEvent(seq: seq, kind: kind, leaseID: l.id, aisi: l.aisi, enforcementPoint: l.enforcementPoint,
+                           anchor: l.request.anchor, qos: l.request.qos, relatedLease: related, relatedAnchor: relatedAnchor,
+                           boot: t.boot, wall: t.wall, detail: detail)
+        }
+    }
+
+    func dueLeases(at now: BootInstant) -> [Lease] {
+        let t = table
+        let ids = deadlines.popDue(at: now) { instant, id in t[id]?.nextDeadline == instant }
+        return ids.compactMap { table[$0] }
+    }
+
+    func rearm() {
+        let t = table
+        let next = deadlines.peek { instant, id in t[id]?.nextDeadline == instant }
+        onDeadlineChange?(next)
+    }
+
+    /// Applies the plan of `scope` at `point`; nil on success.
+    func applyScope(_ name: String, _ scope: Scope) -> EnforcementError? {
+        let p = points[name]!
+        let plan = planner.plan(point: name, scope: scope, table: table, applied: p.applied, capacityKbit: p.config.capacityKbit)
+        if plan.isEmpty { return nil }
+        do {
+            try p.backend.apply(plan)
+            points[name]!.applied.merge(scope: scope, result: plan.result)
+            return nil
+        } catch {
+            logger.error("kernel apply failed; resyncing", metadata: ["point": "\(name)", "error": "\(error.message)"])
+            points[name]!.needsResync = true
+            return error
+        }
+    }
+
+    /// Reads the kernel back and makes it match the lease table completely. Returns the number
+    /// of repairs (changes) it had to make.
+    @discardableResult
+    func resync(_ name: String) -> Int {
+        let p = points[name]!
+        stats.resyncs += 1
+        do {
+            let observed = try p.backend.observe()
+            let tolerant = Planner(drainGraceNs: planner.drainGraceNs, deadlineToleranceNs: 20_000_000)
+            let scope = Scope.everything(point: name, table: table, applied: observed)
+            let plan = tolerant.plan(point: name, scope: scope, table: table, applied: observed, capacityKbit: p.config.capacityKbit)
+            if !plan.isEmpty { try p.backend.apply(plan) }
+            var applied = observed
+            applied.merge(scope: scope, result: plan.result)
+            points[name]!.applied = applied
+            points[name]!.needsResync = false
+            let changes = plan.nft.count + plan.tcBefore.count + plan.tcAfter.count
+            if changes > 0 {
+                stats.repairs += changes
+                logger.notice("reconciled kernel with leases", metadata: ["point": "\(name)", "changes": "\(changes)"])
+            }
+            return changes
+        } catch {
+            points[name]!.needsResync = true
+            logger.error("resync failed", metadata: ["point": "\(name)", "error": "\(error)"])
+            return 0
+        }
+    }
+}
+
+/// A log2-bucketed latency histogram (ns), cheap enough for every operation.
+public struct LatencyHistogram: Sendable {
+    public private(set) var buckets = [UInt64](repeating: 0, count: 48)
+    public private(set) var count: UInt64 = 0
+    public private(set) var sumNs: UInt64 = 0
+    public private(set) var maxNs: UInt64 = 0
+
+    public init() {}
+
+    public mutating func record(nanoseconds ns: UInt64) {
+        let b = ns == 0 ? 0 : min(47, 64 - ns.leadingZeroBitCount)
+        buckets[b] += 1
+        count += 1
+        sumNs &+= ns
+        maxNs = max(maxNs, ns)
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0..1), in ns.
+    public func quantile(_ q: Double) -> UInt64 {
+        guard count > 0 else { return 0 }
+        let target = UInt64((Double(count) * q).rounded(.up))
+        var acc: UInt64 = 0
+        for (i, c) in buckets.enumerated() {
+            acc += c
+            if acc >= max(1, target) { return i == 0 ? 0 : min(maxNs, UInt64(1) << UInt64(i)) }
+        }
+        return maxNs
+    }
+}
+
+extension LeaseService {
+    public struct PointSnapshot: Sendable {
+        public var config: EnforcementPointConfig
+        public var guaranteedKbit: UInt64
+        public var leases: Int
+        public var interfaces: [String]
+        public var needsResync: Bool
+    }
+
+    public struct Snapshot: Sendable {
+        public var points: [PointSnapshot]
+        public var byState: [LeaseState: Int]
+        public var policyName: String
+        public var labPolicy: Bool
+        public var stats: Stats
+    }
+
+    public func snapshot() -> Snapshot {
+        var byState: [LeaseState: Int] = [:]
+        var perPoint: [String: Int] = [:]
+        for l in table.leases.values {
+            byState[l.state, default: 0] += 1
+            perPoint[l.enforcementPoint, default: 0] += 1
+        }
+        let pts = points.keys.sorted().map { name -> PointSnapshot in
+            let p = points[name]!
+            let idx = table.index(name)
+            return PointSnapshot(config: p.config, guaranteedKbit: idx?.guaranteedKbit ?? 0, leases: perPoint[name] ?? 0,
+                                 interfaces: Array(idx?.leasesPerInterface.keys ?? [:].keys), needsResync: p.needsResync)
+        }
+        return Snapshot(points: pts, byState: byState, policyName: policy.name, labPolicy: policy.isLab, stats: stats)
+    }
+}

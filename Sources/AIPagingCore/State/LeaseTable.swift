@@ -1,0 +1,219 @@
+/// Limits and constants of the kernel layout the allocator works within.
+public enum Layout {
+    /// Lease marks are `markPrefix | slot` in the conntrack mark; `markMask` selects the prefix.
+    public static let markPrefix: UInt32 = 0xa100_0000
+    public static let markMask: UInt32 = 0xff00_0000
+    public static let maxSlot: UInt32 = 0x00ff_ffff
+    /// Root HTB qdisc handle major (`a1:`); `a1:1` is the root class, `a1:2` best effort.
+    public static let rootMajor: UInt16 = 0xa1
+    /// Group qdisc handle majors: one group per (interface, priority) holds up to `groupSize` leaves.
+    public static let firstGroupMajor: UInt16 = 0x100
+    public static let lastGroupMajor: UInt16 = 0xfff0
+    /// Leaf minors inside a group start at 2 (`G:1` is the group's inner root class).
+    public static let firstLeafMinor: UInt16 = 2
+    public static let defaultGroupSize = 256
+}
+
+/// Everything the agent knows about leases, with the indexes admission and planning need.
+///
+/// It is a plain value with no I/O. Every index is derived from the lease records through
+/// `upsert`/`remove`, so restoring a record restores the indexes: that is how a failed kernel
+/// install is undone (`Undo`).
+public struct LeaseTable: Sendable {
+    public private(set) var leases: [LeaseID: Lease] = [:]
+    /// Highest generation seen for an ended lease id (replay protection).
+    public internal(set) var endedGenerations: [LeaseID: UInt64] = [:]
+    /// Relocation instants per AISI (sliding window for the rate limit).
+    public private(set) var relocationLog: [AISI: [BootInstant]] = [:]
+    public private(set) var points: [String: PointIndex] = [:]
+    public let groupSize: Int
+
+    /// Per enforcement point indexes.
+    public struct PointIndex: Sendable {
+        /// Live leases per classifier (at most one owns the steering; others are draining).
+        public internal(set) var byClassifier: [Classifier: Set<LeaseID>] = [:]
+        public internal(set) var byMark: [UInt32: LeaseID] = [:]
+        public internal(set) var byClass: [QoSClassRef: LeaseID] = [:]
+        public internal(set) var groups: [GroupRef: GroupInfo] = [:]
+        /// Groups with a free leaf slot per (interface, priority).
+        var openGroups: [InterfacePriority: Set<UInt16>] = [:]
+        var majorsInUse: [String: Set<UInt16>] = [:]
+        public internal(set) var leasesPerInterface: [String: Int] = [:]
+        /// Sum of guaranteed rates of leases that own steering (admitted/active), kbit/s.
+        public internal(set) var guaranteedKbit: UInt64 = 0
+        var nextSlot: UInt32 = 1
+    }
+
+    public struct GroupInfo: Sendable, Equatable {
+        public var priority: UInt8
+        public var members: [UInt16: LeaseID] = [:]
+        public var rateKbit: UInt64 = 0
+    }
+
+    struct InterfacePriority: Hashable, Sendable {
+        var interface: String
+        var priority: UInt8
+    }
+
+    public init(groupSize: Int = Layout.defaultGroupSize) {
+        precondition(groupSize >= 1 && groupSize <= 0xfff0)
+        self.groupSize = groupSize
+    }
+
+    public subscript(id: LeaseID) -> Lease? { leases[id] }
+    public var liveCount: Int { leases.count }
+
+    public func index(_ point: String) -> PointIndex? { points[point] }
+
+    /// The live lease that owns the steering of `classifier` at `point`, if any.
+    public func steeringOwner(point: String, classifier: Classifier) -> Lease? {
+        guard let ids = points[point]?.byClassifier[classifier] else { return nil }
+        for id in ids { if let l = leases[id], l.ownsSteering { return l } }
+        return nil
+    }
+
+    // MARK: indexed mutation
+
+    /// Inserts or replaces a live lease and updates every index. Terminal leases are removed
+    /// and their generation remembered.
+    public mutating func upsert(_ lease: Lease) {
+        if let old = leases[lease.id] { unindex(old) }
+        guard lease.state.isLive else {
+            leases[lease.id] = nil
+            rememberEnded(lease)
+            return
+        }
+        leases[lease.id] = lease
+        index(lease)
+    }
+
+    public mutating func remove(_ id: LeaseID) {
+        guard let old = leases.removeValue(forKey: id) else { return }
+        unindex(old)
+    }
+
+    mutating func rememberEnded(_ lease: Lease) {
+        let g = lease.request.generation
+        if let prev = endedGenerations[lease.id], prev >= g { return }
+        endedGenerations[lease.id] = g
+    }
+
+    /// Forgets tombstones older than needed (called with the ids to drop, e.g. by age).
+    public mutating func forgetEnded(_ ids: some Sequence<LeaseID>) {
+        for id in ids { endedGenerations[id] = nil }
+    }
+
+    public mutating func restoreEndedGeneration(_ id: LeaseID, _ generation: UInt64?) {
+        endedGenerations[id] = generation
+    }
+
+    private mutating func index(_ l: Lease) {
+        var p = points[l.enforcementPoint] ?? PointIndex()
+        p.byClassifier[l.classifier, default: []].insert(l.id)
+        p.byMark[l.mark] = l.id
+        p.byClass[l.qosClass] = l.id
+        let g = l.qosClass.group
+        var info = p.groups[g] ?? GroupInfo(priority: l.request.qos.priority)
+        info.members[l.qosClass.minor] = l.id
+        info.rateKbit += l.request.qos.rateKbit
+        p.groups[g] = info
+        p.majorsInUse[g.interface, default: []].insert(g.major)
+        let key = InterfacePriority(interface: g.interface, priority: info.priority)
+        if info.members.count >= groupSize {
+            p.openGroups[key]?.remove(g.major)
+        } else {
+            p.openGroups[key, default: []].insert(g.major)
+        }
+        p.leasesPerInterface[g.interface, default: 0] += 1
+        if l.ownsSteering { p.guaranteedKbit += l.request.qos.rateKbit }
+        points[l.enforcementPoint] = p
+    }
+
+    private mutating func unindex(_ l: Lease) {
+        guard var p = points[l.enforcementPoint] else { return }
+        p.byClassifier[l.classifier]?.remove(l.id)
+        if p.byClassifier[l.classifier]?.isEmpty == true { p.byClassifier[l.classifier] = nil }
+        if p.byMark[l.mark] == l.id { p.byMark[l.mark] = nil }
+        if p.byClass[l.qosClass] == l.id { p.byClass[l.qosClass] = nil }
+        let g = l.qosClass.group
+        if var info = p.groups[g] {
+            info.members[l.qosClass.minor] = nil
+            info.rateKbit -= min(info.rateKbit, l.request.qos.rateKbit)
+            let key = InterfacePriority(interface: g.interface, priority: info.priority)
+            if info.members.isEmpty {
+                p.groups[g] = nil
+                p.openGroups[key]?.remove(g.major)
+                if p.openGroups[key]?.isEmpty == true { p.openGroups[key] = nil }
+                p.majorsInUse[g.interface]?.remove(g.major)
+            } else {
+                p.groups[g] = info
+                p.openGroups[key, default: []].insert(g.major)
+            }
+        }
+        p.leasesPerInterface[g.interface, default: 1] -= 1
+        if p.leasesPerInterface[g.interface] == 0 { p.leasesPerInterface[g.interface] = nil }
+        if l.ownsSteering { p.guaranteedKbit -= min(p.guaranteedKbit, l.request.qos.rateKbit) }
+        points[l.enforcementPoint] = p
+    }
+
+    // MARK: allocation
+
+    /// A fresh lease mark. Marks rotate through 2^24 slots so a mark is not reused while
+    /// conntrack entries of its previous lease could still linger.
+    mutating func allocateMark(point: String) -> UInt32? {
+        var p = points[point] ?? PointIndex()
+        defer { points[point] = p }
+        for _ in 0..<Layout.maxSlot {
+            let slot = p.nextSlot
+            p.nextSlot = slot >= Layout.maxSlot ? 1 : slot + 1
+            let mark = Layout.markPrefix | slot
+            if p.byMark[mark] == nil { return mark }
+        }
+        return nil
+    }
+
+    /// Restores the mark rotation (journal replay).
+    public mutating func setNextSlot(point: String, _ slot: UInt32) {
+        var p = points[point] ?? PointIndex()
+        p.nextSlot = max(1, min(slot, Layout.maxSlot))
+        points[point] = p
+    }
+
+    public func nextSlot(point: String) -> UInt32 { points[point]?.nextSlot ?? 1 }
+
+    /// A free leaf class on `interface` for `priority`: a free minor in an open group of that
+    /// priority, else a new group.
+    func allocateClass(point: String, interface: String, priority: UInt8) -> QoSClassRef? {
+        let p = points[point] ?? PointIndex()
+        let key = InterfacePriority(interface: interface, priority: priority)
+        if let majors = p.openGroups[key], let major = majors.min(), let info = p.groups[GroupRef(interface: interface, major: major)] {
+            var minor = Layout.firstLeafMinor
+            while info.members[minor] != nil { minor += 1 }
+            return QoSClassRef(interface: interface, major: major, minor: minor)
+        }
+        let used = p.majorsInUse[interface] ?? []
+        var major = Layout.firstGroupMajor
+        while major <= Layout.lastGroupMajor {
+            if !used.contains(major) { return QoSClassRef(interface: interface, major: major, minor: Layout.firstLeafMinor) }
+            major += 1
+        }
+        return nil
+    }
+
+    // MARK: relocation rate
+
+    public func relocationsInWindow(aisi: AISI, now: BootInstant, windowNs: UInt64 = 60_000_000_000) -> Int {
+        guard let log = relocationLog[aisi] else { return 0 }
+        let floor = now.nanoseconds > windowNs ? now.nanoseconds - windowNs : 0
+        return log.filter { $0.nanoseconds > floor }.count
+    }
+
+    mutating func recordRelocation(aisi: AISI, at now: BootInstant, windowNs: UInt64 = 60_000_000_000) {
+        let floor = now.nanoseconds > windowNs ? now.nanoseconds - windowNs : 0
+        var log = relocationLog[aisi, default: []].filter { $0.nanoseconds > floor }
+        log.append(now)
+        relocationLog[aisi] = log
+    }
+
+    mutating func setRelocationLog(aisi: AISI, _ log: [BootInstant]?) { relocationLog[aisi] = log }
+}

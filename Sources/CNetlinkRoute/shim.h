@@ -1,0 +1,21 @@
+#ifndef AIPAGING_CNETLINKROUTE_H
+#define AIPAGING_CNETLINKROUTE_H
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netlink/netlink.h>
+#include <netlink/msg.h>
+#include <netlink/attr.h>
+#include <netlink/socket.h>
+#include <netlink/errno.h>
+#include <netlink/cache.h>
+#include <netlink/route/link.h>
+#include <netlink/route/addr.h>
+#include <netlink/route/route.h>
+#include <netlink/route/tc.h>
+#include <netlink/route/qdisc.h>
+#include <netlink/route/class.h>
+#include <netlink/route/classifier.h>
+#include <netlink/route/qdisc/htb.h>
+#include <linux/pkt_sched.h>
+#include <linux/pkt_cls.h>
+#endif
