@@ -33,7 +33,7 @@ let package = Package(
 
         // Thin kernel adapters: nftables, tc, conntrack, netns, timers. No policy.
         .target(name: "AIPagingKernel",
-                dependencies: ["CNFTables", "CNetlinkRoute", "CAIPagingShim"],
+                dependencies: ["CNFTables", "CNetlinkRoute", "CAIPagingShim", "AIPagingCore"],
                 swiftSettings: strict),
 
         // The daemon's parts: control API, lease service, reconciler.
@@ -47,6 +47,9 @@ let package = Package(
                 ],
                 swiftSettings: strict),
 
+        // Blocking HTTP/1.1 client over a Unix socket (aipagingctl, tests, benchmarks).
+        .target(name: "AIPagingClient", swiftSettings: strict),
+
         .executableTarget(name: "aipaging-agent",
                           dependencies: [
                             "AIPagingAgent",
@@ -56,16 +59,20 @@ let package = Package(
         .executableTarget(name: "aipagingctl",
                           dependencies: [
                             "AIPagingCore",
-                            "CAIPagingShim",
+                            "AIPagingClient",
                             .product(name: "ArgumentParser", package: "swift-argument-parser"),
                             .product(name: "Crypto", package: "swift-crypto"),
                           ],
                           swiftSettings: strict),
 
+        // Benchmarks (print figures; never timing assertions): `swift run -c release NFTBench`.
+        .executableTarget(name: "NFTBench", dependencies: ["AIPagingKernel", "AIPagingCore"],
+                          path: "Benchmarks/NFTBench", swiftSettings: strict),
+
         .testTarget(name: "AIPagingCoreTests", dependencies: ["AIPagingCore"], swiftSettings: strict),
         .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore"], swiftSettings: strict),
         .testTarget(name: "AIPagingAgentTests",
-                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel"],
+                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel", "AIPagingClient"],
                     resources: [],
                     swiftSettings: strict),
     ]

@@ -10,6 +10,10 @@ public final class InMemoryBackend: EnforcementBackend {
     public var unroutable: Set<IPAddress> = []
     /// Fail the next `apply` after this many of its steps (nil: never).
     public var failNextApplyAfterSteps: Int?
+    /// Fail every `apply` whose plan matches, after `failAfterSteps` steps (a kernel that keeps
+    /// refusing one lease's state).
+    public var failWhen: (@Sendable (PointPlan) -> Bool)?
+    public var failAfterSteps = 0
     public private(set) var appliedPlans: [PointPlan] = []
     public private(set) var flushedMarks: [UInt32] = []
     public var clock: @Sendable () -> BootInstant
@@ -31,9 +35,13 @@ public final class InMemoryBackend: EnforcementBackend {
     public func apply(_ plan: PointPlan) throws(EnforcementError) {
         expire()
         var steps = 0
+        let persistent = failWhen?(plan) == true
         func step() throws(EnforcementError) {
             if let limit = failNextApplyAfterSteps, steps >= limit {
                 failNextApplyAfterSteps = nil
+                throw EnforcementError(.enforcementFailed, "injected failure after \(steps) steps")
+            }
+            if persistent && steps >= failAfterSteps {
                 throw EnforcementError(.enforcementFailed, "injected failure after \(steps) steps")
             }
             steps += 1
@@ -48,17 +56,17 @@ public final class InMemoryBackend: EnforcementBackend {
             case .addSteer(let cl, let mark, let d):
                 guard next.steering[cl] == nil else { throw EnforcementError(.enforcementFailed, "EEXIST steering \(cl)") }
                 next.steering[cl] = .init(mark: mark, deadline: d)
-            case .deleteSteer(let cl):
+            case .deleteSteer(let cl, _):
                 guard next.steering.removeValue(forKey: cl) != nil else { throw EnforcementError(.enforcementFailed, "ENOENT steering \(cl)") }
             case .addAnchor(let m, let a, let p, let d):
                 guard next.anchors[m] == nil else { throw EnforcementError(.enforcementFailed, "EEXIST anchor \(m)") }
                 next.anchors[m] = .init(address: a, port: p, deadline: d)
-            case .deleteAnchor(let m, _):
+            case .deleteAnchor(let m, _, _):
                 guard next.anchors.removeValue(forKey: m) != nil else { throw EnforcementError(.enforcementFailed, "ENOENT anchor \(m)") }
             case .addQoS(let m, let cid, let d):
                 guard next.qos[m] == nil else { throw EnforcementError(.enforcementFailed, "EEXIST qos \(m)") }
                 next.qos[m] = .init(classid: cid, deadline: d)
-            case .deleteQoS(let m):
+            case .deleteQoS(let m, _):
                 guard next.qos.removeValue(forKey: m) != nil else { throw EnforcementError(.enforcementFailed, "ENOENT qos \(m)") }
             }
         }

@@ -542,3 +542,17 @@ extension LeaseService {
         return Snapshot(points: pts, byState: byState, policyName: policy.name, labPolicy: policy.isLab, stats: stats)
     }
 }
+
+extension LeaseService {
+    /// Reads the enforcement point's kernel state back (`nft list`/`tc class show` through netlink).
+    public func observeKernel(_ point: String) throws -> KernelState {
+        guard let p = points[point] else { return KernelState() }
+        do { return try p.backend.observe() } catch { throw error }
+    }
+
+    /// Runs `body` with the point's backend on the service's executor (tests, diagnostics).
+    public func withBackend<T: Sendable>(_ point: String, _ body: @Sendable (any EnforcementBackend) throws -> T) rethrows -> T? {
+        guard let p = points[point] else { return nil }
+        return try body(p.backend)
+    }
+}

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <sys/syscall.h>
 
 int aip_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
@@ -38,5 +39,7 @@ int aip_peercred(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
     *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
     return 0;
 }
+
+int aip_netlink_socket(int protocol) { return socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol); }
 
 int aip_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -12,11 +12,11 @@ struct KernelModel {
         for c in p.nft {
             switch c {
             case .addSteer(let cl, let m, let d): precondition(state.steering[cl] == nil); state.steering[cl] = .init(mark: m, deadline: d)
-            case .deleteSteer(let cl): precondition(state.steering[cl] != nil); state.steering[cl] = nil
+            case .deleteSteer(let cl, _): precondition(state.steering[cl] != nil); state.steering[cl] = nil
             case .addAnchor(let m, let a, let p, let d): precondition(state.anchors[m] == nil); state.anchors[m] = .init(address: a, port: p, deadline: d)
-            case .deleteAnchor(let m, _): precondition(state.anchors[m] != nil); state.anchors[m] = nil
+            case .deleteAnchor(let m, _, _): precondition(state.anchors[m] != nil); state.anchors[m] = nil
             case .addQoS(let m, let c, let d): precondition(state.qos[m] == nil); state.qos[m] = .init(classid: c, deadline: d)
-            case .deleteQoS(let m): precondition(state.qos[m] != nil); state.qos[m] = nil
+            case .deleteQoS(let m, _): precondition(state.qos[m] != nil); state.qos[m] = nil
             }
         }
     }
@@ -86,7 +86,9 @@ struct KernelModel {
         var u = LeaseTable.Undo()
         t.end(a.lease.id, .revoked, at: Fixture.now, undo: &u)
         let p = planAll(t, k.state)
-        #expect(p.nft == [.deleteSteer(a.lease.classifier), .deleteAnchor(mark: a.lease.mark, family: .ipv4), .deleteQoS(mark: a.lease.mark)])
+        #expect(p.nft == [.deleteSteer(a.lease.classifier, mark: a.lease.mark),
+                          .deleteAnchor(mark: a.lease.mark, address: IPAddress("198.18.2.2")!, port: 7000),
+                          .deleteQoS(mark: a.lease.mark, classid: 0x0100_0002)])
         #expect(p.flushMarksBefore == [a.lease.mark] && p.flushMarksAfter == [a.lease.mark])
         #expect(p.tcAfter == [.deleteLeaf(interface: "veth-a", classid: 0x0100_0002), .deleteGroup(interface: "veth-a", major: 0x100),
                               .removeSkeleton(interface: "veth-a")])
@@ -105,11 +107,11 @@ struct KernelModel {
         let p = planAll(t, k.state)
         let drainDeadline = Fixture.now.boot.adding(milliseconds: 1000).adding(nanoseconds: planner.drainGraceNs)
         // Steering flips to the new mark; the old mark's anchor/qos stay, with the drain as deadline.
-        #expect(p.nft.contains(.deleteSteer(old.lease.classifier)))
+        #expect(p.nft.contains(.deleteSteer(old.lease.classifier, mark: old.lease.mark)))
         #expect(p.nft.contains(.addSteer(old.lease.classifier, mark: new.lease.mark, deadline: new.lease.deadline)))
         #expect(p.nft.contains(.addAnchor(mark: new.lease.mark, address: IPAddress("198.18.3.2")!, port: 7000, deadline: new.lease.deadline)))
         #expect(p.nft.contains(.addAnchor(mark: old.lease.mark, address: IPAddress("198.18.2.2")!, port: 7000, deadline: drainDeadline)))
-        #expect(!p.nft.contains(.deleteQoS(mark: old.lease.mark)) || p.nft.contains(.addQoS(mark: old.lease.mark, classid: old.lease.qosClass.classid, deadline: drainDeadline)))
+        #expect(!p.nft.contains(.deleteQoS(mark: old.lease.mark, classid: old.lease.qosClass.classid)) || p.nft.contains(.addQoS(mark: old.lease.mark, classid: old.lease.qosClass.classid, deadline: drainDeadline)))
         #expect(p.flushMarksBefore.isEmpty)
         #expect(p.tcAfter.isEmpty)
         // New classes exist before the transaction.
@@ -120,7 +122,8 @@ struct KernelModel {
         t.end("old", .drainEnded, at: Fixture.now, undo: &u)
         let d = planAll(t, k.state)
         #expect(d.flushMarksBefore == [old.lease.mark])
-        #expect(d.nft == [.deleteAnchor(mark: old.lease.mark, family: .ipv4), .deleteQoS(mark: old.lease.mark)])
+        #expect(d.nft == [.deleteAnchor(mark: old.lease.mark, address: IPAddress("198.18.2.2")!, port: 7000),
+                          .deleteQoS(mark: old.lease.mark, classid: old.lease.qosClass.classid)])
         #expect(d.tcAfter.contains(.removeSkeleton(interface: "to-edge")))
         k.apply(d)
         #expect(k.state.steering[old.lease.classifier]?.mark == new.lease.mark)
@@ -158,7 +161,7 @@ struct KernelModel {
         k.state.steering[foreign] = .init(mark: Layout.markPrefix | 99, deadline: Fixture.now.boot.adding(milliseconds: 5000))
         let p = planAll(t, k.state)
         #expect(p.nft.contains(.addAnchor(mark: a.lease.mark, address: IPAddress("198.18.2.2")!, port: 7000, deadline: a.lease.deadline)))
-        #expect(p.nft.contains(.deleteSteer(foreign)))
+        #expect(p.nft.contains(.deleteSteer(foreign, mark: Layout.markPrefix | 99)))
         k.apply(p)
         #expect(planAll(t, k.state).isEmpty)
     }

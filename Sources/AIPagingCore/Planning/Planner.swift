@@ -2,13 +2,16 @@
 public enum NFTChange: Sendable, Equatable {
     /// Equivalent to `nft add element inet aipaging lease4 { client . service . proto . port timeout T : mark }`.
     case addSteer(Classifier, mark: UInt32, deadline: BootInstant)
-    case deleteSteer(Classifier)
+    /// Carries the element's current data: the adapter removes it with a non-exclusive add of the
+    /// same element followed by a delete, so an element the kernel already expired (timeouts fire
+    /// up to a tick early) does not fail the transaction.
+    case deleteSteer(Classifier, mark: UInt32)
     /// Equivalent to `nft add element inet aipaging anchor4 { mark timeout T : address . port }`.
     case addAnchor(mark: UInt32, address: IPAddress, port: UInt16, deadline: BootInstant)
-    case deleteAnchor(mark: UInt32, family: IPAddress.Family)
+    case deleteAnchor(mark: UInt32, address: IPAddress, port: UInt16)
     /// Equivalent to `nft add element inet aipaging qos { mark . original timeout T : classid, mark . reply timeout T : none }`.
     case addQoS(mark: UInt32, classid: UInt32, deadline: BootInstant)
-    case deleteQoS(mark: UInt32)
+    case deleteQoS(mark: UInt32, classid: UInt32)
 }
 
 /// One tc change on an interface of the enforcement point.
@@ -112,7 +115,7 @@ public struct Planner: Sendable {
                 plan.result.steering[c] = have
                 continue
             }
-            if have != nil { plan.nft.append(.deleteSteer(c)) }
+            if let have { plan.nft.append(.deleteSteer(c, mark: have.mark)) }
             if let need {
                 plan.nft.append(.addSteer(c, mark: need.mark, deadline: need.deadline))
                 if have == nil { plan.flushUnsteered.append(c) }
@@ -124,14 +127,14 @@ public struct Planner: Sendable {
                sameDeadline(haveA.deadline, needA.deadline) {
                 plan.result.anchors[m] = haveA
             } else {
-                if let haveA { plan.nft.append(.deleteAnchor(mark: m, family: haveA.address.family)) }
+                if let haveA { plan.nft.append(.deleteAnchor(mark: m, address: haveA.address, port: haveA.port)) }
                 if let needA { plan.nft.append(.addAnchor(mark: m, address: needA.address, port: needA.port, deadline: needA.deadline)) }
             }
             let haveQ = applied.qos[m], needQ = want.qos[m]
             if let haveQ, let needQ, haveQ.classid == needQ.classid, sameDeadline(haveQ.deadline, needQ.deadline) {
                 plan.result.qos[m] = haveQ
             } else {
-                if haveQ != nil { plan.nft.append(.deleteQoS(mark: m)) }
+                if let haveQ { plan.nft.append(.deleteQoS(mark: m, classid: haveQ.classid)) }
                 if let needQ { plan.nft.append(.addQoS(mark: m, classid: needQ.classid, deadline: needQ.deadline)) }
             }
             // A mark whose lease is gone: cut its flows (conntrack) before and after the

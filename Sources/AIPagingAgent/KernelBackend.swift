@@ -1,0 +1,317 @@
+import AIPagingCore
+import AIPagingKernel
+import CAIPagingShim
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real kernel of one enforcement point: nftables through libnftnl, tc through libnl-route-3,
+/// conntrack through ctnetlink, all on netlink sockets opened inside the point's namespace.
+/// Owned by the lease service and used from its executor only.
+public final class KernelBackend: EnforcementBackend {
+    public let location: String
+    let nft: NFTablesSocket
+    let route: RouteSocket
+    let tc: TrafficControl
+    let ct: ConntrackSocket
+    let logger: Logger
+    var ifindexCache: [String: Int32] = [:]
+    /// Marks whose conntrack entries could not be flushed; retried at the next resync.
+    var pendingFlushes: Set<UInt32> = []
+
+    public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
+        let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
+        location = point.netns.map { "netns \($0)" } ?? "the agent's network namespace"
+        nft = try NFTablesSocket(namespace: ns)
+        route = try RouteSocket(namespace: ns)
+        tc = TrafficControl(socket: route)
+        ct = try ConntrackSocket(namespace: ns)
+        var l = logger
+        l[metadataKey: "point"] = "\(point.name)"
+        self.logger = l
+    }
+
+    static func fail(_ what: String, _ e: KernelError) -> EnforcementError {
+        EnforcementError(.enforcementFailed, "\(what): \(e)")
+    }
+
+    // MARK: EnforcementBackend
+
+    public func prepare() throws(EnforcementError) {
+        do {
+            switch try nft.verifyAIPagingSchema() {
+            case .intact:
+                logger.info("nftables table inet aipaging is present and intact; keeping its elements")
+            case .absent:
+                let tx = NFTTransaction()
+                tx.createAIPagingTable()
+                try commit(tx, "creating table inet aipaging")
+                logger.info("created nftables table inet aipaging")
+            case .mismatched(let reasons):
+                // Rebuild the table and put its live elements back, in one transaction: flows
+                // keep being steered across the rebuild.
+                let now = SystemClock.boot()
+                let state = try readElements(now: now)
+                let tx = NFTTransaction()
+                tx.recreateAIPagingTable()
+                for (c, s) in state.steering { addSteer(tx, c, s.mark, s.deadline, now) }
+                for (m, a) in state.anchors { addAnchor(tx, m, a.address, a.port, a.deadline, now) }
+                for (m, q) in state.qos { addQoS(tx, m, q.classid, q.deadline, now) }
+                try commit(tx, "rebuilding table inet aipaging")
+                logger.warning("rebuilt nftables table inet aipaging with a different schema", metadata: ["reasons": "\(reasons.joined(separator: "; "))"])
+            }
+        } catch let e as EnforcementError {
+            throw e
+        } catch let e as KernelError {
+            throw Self.fail("checking table inet aipaging", e)
+        } catch {
+            throw EnforcementError(.enforcementFailed, "\(error)")
+        }
+    }
+
+    public func interface(toward address: IPAddress) throws(EnforcementError) -> String {
+        do {
+            let r = try route.route(to: address)
+            guard case .unicast = r.type else {
+                throw EnforcementError(.noRouteToAnchor, "\(address) is not a remote unicast destination in \(location) (route type \(r.type))")
+            }
+            ifindexCache[r.interfaceName] = r.ifindex
+            return r.interfaceName
+        } catch let e as EnforcementError {
+            throw e
+        } catch let e as KernelError {
+            throw EnforcementError(e.errno == ENETUNREACH ? .noRouteToAnchor : .enforcementFailed, "route to \(address): \(e)")
+        } catch {
+            throw EnforcementError(.enforcementFailed, "\(error)")
+        }
+    }
+
+    public func apply(_ plan: PointPlan) throws(EnforcementError) {
+        flush(plan.flushMarksBefore)
+        try applyTC(plan.tcBefore)
+        if !plan.nft.isEmpty {
+            let now = SystemClock.boot()
+            let tx = NFTTransaction()
+            for change in plan.nft {
+                switch change {
+                case .addSteer(let c, let mark, let d): addSteer(tx, c, mark, d, now)
+                case .deleteSteer(let c, let mark): tx.removeSteering(Self.key(c), mark: mark)
+                case .addAnchor(let m, let a, let p, let d): addAnchor(tx, m, a, p, d, now)
+                case .deleteAnchor(let m, let a, let p): tx.removeAnchor(mark: m, address: a, port: p)
+                case .addQoS(let m, let cid, let d): addQoS(tx, m, cid, d, now)
+                case .deleteQoS(let m, let cid): tx.removeQoS(mark: m, classid: cid)
+                }
+            }
+            do { try commit(tx, "nftables transaction (\(plan.nft.count) changes)") } catch { throw error }
+        }
+        flush(plan.flushMarksAfter)
+        for c in plan.flushUnsteered {
+            do {
+                _ = try ct.deleteUnsteeredEntries(of: ConntrackClassifier(client: c.client, service: c.service,
+                                                                            protocolNumber: c.proto.number, servicePort: c.port))
+            } catch {
+                logger.warning("could not remove unsteered conntrack entries", metadata: ["classifier": "\(c)", "error": "\(error)"])
+            }
+        }
+        try applyTC(plan.tcAfter)
+    }
+
+    public func observe() throws(EnforcementError) -> KernelState {
+        do {
+            let now = SystemClock.boot()
+            var state = try readElements(now: now)
+            for ifindex in try tc.interfacesWithAIPagingRoot() {
+                let name = try route.interfaceName(index: ifindex)
+                ifindexCache[name] = ifindex
+                let rootClasses = try tc.classes(ifindex: ifindex, qdisc: AIPagingHTB.rootQdisc)
+                let capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                var iface = KernelState.Interface(capacityKbit: capacity)
+                for c in rootClasses where c.handle.major == Layout.rootMajor && AIPagingHTB.groupRange.contains(c.handle.minor) {
+                    let major = c.handle.minor
+                    iface.groups[major] = .init(rateKbit: c.htb?.rateKbit ?? 0, priority: c.htb?.prio ?? 0)
+                    for leaf in try tc.classes(ifindex: ifindex, qdisc: TCHandle(major: major, minor: 0))
+                    where leaf.handle.major == major && leaf.handle.minor >= Layout.firstLeafMinor {
+                        iface.leaves[leaf.handle.rawValue] = .init(rateKbit: leaf.htb?.rateKbit ?? 0, ceilKbit: leaf.htb?.ceilKbit ?? 0,
+                                                                   priority: leaf.htb?.prio ?? 0, owner: 0)
+                    }
+                }
+                state.interfaces[name] = iface
+            }
+            if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
+            return state
+        } catch {
+            throw Self.fail("reading the kernel state back", error)
+        }
+    }
+
+    public func removeAll() throws(EnforcementError) {
+        do {
+            if try nft.aipagingTable() != nil {
+                let tx = NFTTransaction()
+                tx.deleteAIPagingTableIfExists()
+                try commit(tx, "deleting table inet aipaging")
+            }
+            for ifindex in try tc.interfacesWithAIPagingRoot() { try tc.removeSkeleton(ifindex: ifindex) }
+            for e in try ct.entries(mark: Layout.markPrefix, mask: Layout.markMask) where e.mark != 0 {
+                try? ct.deleteEntries(markedWith: e.mark)
+            }
+        } catch let e as EnforcementError {
+            throw e
+        } catch {
+            throw Self.fail("removing the agent's kernel state", error as! KernelError)
+        }
+    }
+
+    public func counters() throws(EnforcementError) -> [UInt32: FlowCounters] {
+        do {
+            var out: [UInt32: FlowCounters] = [:]
+            for e in try nft.listQoS() {
+                var c = out[e.mark] ?? FlowCounters()
+                if e.direction == .original {
+                    c.originalPackets = e.packets; c.originalBytes = e.bytes
+                } else {
+                    c.replyPackets = e.packets; c.replyBytes = e.bytes
+                }
+                out[e.mark] = c
+            }
+            return out
+        } catch {
+            throw Self.fail("reading qos counters", error)
+        }
+    }
+
+    // MARK: helpers
+
+    static func key(_ c: Classifier) -> NFTSteeringKey {
+        NFTSteeringKey(client: c.client, service: c.service, proto: c.proto == .tcp ? .tcp : .udp, port: c.port)!
+    }
+
+    /// Kernel timeout for a deadline: whole milliseconds left, rounded down so the kernel never
+    /// holds state past the lease. Nil when the deadline has (all but) passed: nothing to add.
+    static func timeout(_ deadline: BootInstant, _ now: BootInstant) -> UInt64? {
+        let ms = now.milliseconds(until: deadline)
+        return ms > 0 ? ms : nil
+    }
+
+    func addSteer(_ tx: NFTTransaction, _ c: Classifier, _ mark: UInt32, _ d: BootInstant, _ now: BootInstant) {
+        if let t = Self.timeout(d, now) { tx.addSteering(Self.key(c), mark: mark, timeoutMs: t) }
+    }
+    func addAnchor(_ tx: NFTTransaction, _ m: UInt32, _ a: IPAddress, _ p: UInt16, _ d: BootInstant, _ now: BootInstant) {
+        if let t = Self.timeout(d, now) { tx.addAnchor(mark: m, address: a, port: p, timeoutMs: t) }
+    }
+    func addQoS(_ tx: NFTTransaction, _ m: UInt32, _ cid: UInt32, _ d: BootInstant, _ now: BootInstant) {
+        if let t = Self.timeout(d, now) { tx.addQoS(mark: m, classid: cid, timeoutMs: t) }
+    }
+
+    func commit(_ tx: NFTTransaction, _ what: String) throws(EnforcementError) {
+        guard tx.operationCount > 0 else { return }
+        do {
+            try nft.commit(tx)
+        } catch {
+            throw EnforcementError(.enforcementFailed, "\(what): \(error)")
+        }
+    }
+
+    func readElements(now: BootInstant) throws(KernelError) -> KernelState {
+        var state = KernelState()
+        func deadline(_ expires: UInt64?) -> BootInstant { now.adding(milliseconds: expires ?? 0) }
+        for fam in [IPAddress.Family.ipv4, .ipv6] {
+            for e in try nft.listSteering(family: fam) {
+                let c = Classifier(client: e.key.client, service: e.key.service, proto: e.key.proto == .tcp ? .tcp : .udp, port: e.key.port)
+                state.steering[c] = .init(mark: e.mark, deadline: deadline(e.expiresMs))
+            }
+            for e in try nft.listAnchors(family: fam) {
+                state.anchors[e.mark] = .init(address: e.address, port: e.port, deadline: deadline(e.expiresMs))
+            }
+        }
+        for e in try nft.listQoS() where e.direction == .original {
+            state.qos[e.mark] = .init(classid: e.classid, deadline: deadline(e.expiresMs))
+        }
+        return state
+    }
+
+    func flush(_ marks: [UInt32]) {
+        for m in marks {
+            do {
+                try ct.deleteEntries(markedWith: m)
+                pendingFlushes.remove(m)
+            } catch {
+                pendingFlushes.insert(m)
+                logger.warning("could not delete conntrack entries of a lease mark; retrying later", metadata: ["mark": "\(String(m, radix: 16))", "error": "\(error)"])
+            }
+        }
+    }
+
+    func ifindex(_ name: String) throws(EnforcementError) -> Int32 {
+        if let i = ifindexCache[name] { return i }
+        do {
+            let i = try route.interfaceIndex(named: name)
+            ifindexCache[name] = i
+            return i
+        } catch {
+            throw Self.fail("interface \(name)", error)
+        }
+    }
+
+    func applyTC(_ changes: [TCChange]) throws(EnforcementError) {
+        // Consecutive class operations on one interface go out back to back (one round trip).
+        var batch: [TCOperation] = []
+        var batchIf: Int32 = -1
+        func flushBatch() throws(EnforcementError) {
+            guard !batch.isEmpty else { return }
+            let ops = batch
+            batch = []
+            do {
+                let r = try tc.perform(ifindex: batchIf, ops)
+                if let e = r.errors.lazy.compactMap({ $0 }).first { throw Self.fail("tc", e) }
+            } catch let e as EnforcementError {
+                throw e
+            } catch {
+                throw Self.fail("tc", error as! KernelError)
+            }
+        }
+        for change in changes {
+            let op: TCOperation
+            let name: String
+            switch change {
+            case .addSkeleton(let i, let cap), .setCapacity(let i, let cap):
+                try flushBatch()
+                let idx = try ifindex(i)
+                do {
+                    try tc.ensureSkeleton(ifindex: idx, capacityKbit: cap)
+                    if case .setCapacity = change {
+                        let groups = try tc.classes(ifindex: idx, qdisc: AIPagingHTB.rootQdisc)
+                            .filter { AIPagingHTB.groupRange.contains($0.handle.minor) }
+                        try tc.performAll(ifindex: idx, groups.map { .changeGroupCapacity(group: $0.handle.minor, capacityKbit: cap) })
+                    }
+                } catch {
+                    throw Self.fail("HTB root on \(i)", error)
+                }
+                continue
+            case .removeSkeleton(let i):
+                try flushBatch()
+                do { try tc.removeSkeleton(ifindex: try ifindex(i)) } catch let e as EnforcementError { throw e } catch {
+                    throw Self.fail("removing the HTB root on \(i)", error as! KernelError)
+                }
+                continue
+            case .addGroup(let i, let g, let rate, let cap, let prio):
+                name = i; op = .addGroup(group: g, prio: prio, rateKbit: max(rate, 1), capacityKbit: cap)
+            case .changeGroup(let i, let g, let rate, let cap, let prio):
+                name = i; op = .changeGroup(group: g, prio: prio, rateKbit: max(rate, 1), capacityKbit: cap)
+            case .deleteGroup(let i, let g):
+                name = i; op = .deleteGroup(group: g)
+            case .addLeaf(let i, let cid, let rate, let ceil, let prio):
+                name = i; op = .addLeaf(TCHandle(rawValue: cid), HTBClassParameters(rateKbit: rate, ceilKbit: ceil, prio: prio))
+            case .changeLeaf(let i, let cid, let rate, let ceil, let prio):
+                name = i; op = .changeLeaf(TCHandle(rawValue: cid), HTBClassParameters(rateKbit: rate, ceilKbit: ceil, prio: prio))
+            case .deleteLeaf(let i, let cid):
+                name = i; op = .deleteLeaf(TCHandle(rawValue: cid))
+            }
+            let idx = try ifindex(name)
+            if idx != batchIf { try flushBatch(); batchIf = idx }
+            batch.append(op)
+        }
+        try flushBatch()
+    }
+}

@@ -1,0 +1,143 @@
+import AIPagingAgent
+import AIPagingCore
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+
+@main
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "aipaging-agent",
+        abstract: "AI-Paging user-plane enforcement agent: COMMIT leases in, nftables steering and HTB QoS out.",
+        discussion: """
+        Runs in the foreground until SIGTERM/SIGINT. SIGHUP reloads the policy file without touching leases.
+        Flags override the config file; --netns and --capacity-kbit configure the first enforcement point.
+        """,
+        version: AgentVersion.string)
+
+    @Option(help: "Control socket path (HTTP/1.1 over a Unix stream socket).")
+    var socket: String?
+    @Option(help: "Network namespace (/run/netns/NAME) whose nftables and tc state the agent owns.")
+    var netns: String?
+    @Option(name: .customLong("state-dir"), help: "Directory for state that must survive a restart.")
+    var stateDir: String?
+    @Option(name: .customLong("capacity-kbit"), help: "Guaranteed-rate capacity of the enforcement point (kbit/s).")
+    var capacityKbit: UInt64?
+    @Option(help: "Agent config file (JSON).")
+    var config: String?
+    @Option(help: "Operator policy file (JSON). Without it the built-in lab policy applies.")
+    var policy: String?
+    @Flag(name: .customLong("flush-on-exit"), help: "Remove all kernel state on a clean stop (default: leave it; kernel timeouts end it).")
+    var flushOnExit = false
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.")
+    var logLevel: String?
+
+    func run() async throws {
+        var cfg = AgentConfig()
+        if let path = config {
+            do {
+                cfg = try AgentConfig.parse(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+            } catch {
+                throw ValidationError("cannot load config \(path): \(error)")
+            }
+        }
+        cfg.applyFlags(socket: socket, netns: netns, stateDir: stateDir, capacityKbit: capacityKbit,
+                       policy: policy, flushOnExit: flushOnExit ? true : nil)
+        let level = Logger.Level(rawValue: logLevel ?? cfg.logLevel) ?? .info
+        LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
+        let logger = Logger(label: "aipaging")
+
+        let pol = try loadPolicy(cfg.policyPath, logger: logger)
+        let points = cfg.effectivePoints(policy: pol, capacityFlag: capacityKbit)
+        try FileManager.default.createDirectory(atPath: cfg.stateDir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o750])
+
+        var backends: [String: any EnforcementBackend] = [:]
+        for p in points {
+            do {
+                backends[p.name] = try KernelBackend(point: p, logger: logger)
+            } catch {
+                logger.critical("cannot open the kernel of enforcement point", metadata: ["point": "\(p.name)", "error": "\(error)"])
+                throw ExitCode(2)
+            }
+        }
+        let cfg0 = cfg
+        let runtime = AgentRuntime(config: cfg, policy: pol, points: points, backends: backends, logger: logger)
+        let listening = try openSocket(cfg, logger: logger)
+
+        let task = Task {
+            try await runtime.run(socket: listening) {
+                logger.notice("serving", metadata: ["socket": "\(cfg0.socketPath)",
+                                                     "points": "\(points.map { "\($0.name)@\($0.netns ?? "-")" }.joined(separator: ","))",
+                                                     "policy": "\(pol.name)"])
+            }
+        }
+        let signals = SignalHandlers()
+        signals.on(SIGTERM) { logger.notice("SIGTERM: stopping"); task.cancel() }
+        signals.on(SIGINT) { logger.notice("SIGINT: stopping"); task.cancel() }
+        signals.on(SIGHUP) {
+            do {
+                let p = try loadPolicy(cfg0.policyPath, logger: logger)
+                Task { await runtime.service.updatePolicy(p) }
+                logger.notice("policy reloaded", metadata: ["policy": "\(p.name)"])
+            } catch {
+                logger.error("policy reload failed; keeping the current policy", metadata: ["error": "\(error)"])
+            }
+        }
+        do {
+            try await task.value
+        } catch {
+            logger.critical("agent failed", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        _ = signals
+    }
+}
+
+func loadPolicy(_ path: String?, logger: Logger) throws -> Policy {
+    guard let path else {
+        logger.warning("no --policy given: running the built-in LAB policy (any anchor, unsigned leases accepted, root peers only, ttl up to one day)")
+        return .lab
+    }
+    do {
+        return try Policy.parse(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+    } catch {
+        throw ValidationError("cannot load policy \(path): \(error)")
+    }
+}
+
+func openSocket(_ cfg: AgentConfig, logger: Logger) throws -> ListeningSocket {
+    let dir = (cfg.socketPath as NSString).deletingLastPathComponent
+    if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755]) }
+    var gid: gid_t?
+    if let g = cfg.socketGroup {
+        if let n = UInt32(g) { gid = n } else if let gr = getgrnam(g) { gid = gr.pointee.gr_gid } else {
+            throw ValidationError("socket group \(g) does not exist")
+        }
+    }
+    let mode = mode_t(cfg.socketMode ?? (gid == nil ? 0o600 : 0o660))
+    return try ListeningSocket.bind(path: cfg.socketPath, mode: mode, group: gid)
+}
+
+/// Signal handlers on a dispatch queue (signals are blocked from default handling).
+final class SignalHandlers: Sendable {
+    private let queue = DispatchQueue(label: "aipaging.signals")
+    private let sources = LockedBox<[any DispatchSourceSignal]>([])
+
+    func on(_ sig: Int32, _ body: @escaping @Sendable () -> Void) {
+        signal(sig, SIG_IGN)
+        let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+        s.setEventHandler(handler: body)
+        s.resume()
+        sources.mutate { $0.append(s) }
+    }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    // All access goes through `mutate`, serialized by the lock.
+    private var value: T
+    private let lock = NSLock()
+    init(_ v: T) { value = v }
+    func mutate(_ f: (inout T) -> Void) { lock.lock(); f(&value); lock.unlock() }
+}

@@ -1,0 +1,95 @@
+import AIPagingAgent
+import AIPagingClient
+import AIPagingCore
+import Foundation
+import Logging
+
+/// The real agent runtime and control server on a temporary socket, with the in-memory kernel.
+final class TestAgent: Sendable {
+    let dir: String
+    let socketPath: String
+    let runtime: AgentRuntime
+    let clock: ManualClock
+    let task: Task<Void, any Error>
+
+    var service: LeaseService { runtime.service }
+    var client: UnixHTTPClient { UnixHTTPClient(path: socketPath) }
+
+    init(policy: Policy = .lab, capacityKbit: UInt64 = 1_000_000, socketMode: mode_t = 0o600,
+         configure: (inout AgentConfig) -> Void = { _ in }) async throws {
+        dir = NSTemporaryDirectory() + "aipaging-test-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        socketPath = dir + "/agent.sock"
+        var cfg = AgentConfig()
+        cfg.socketPath = socketPath
+        cfg.stateDir = dir
+        cfg.reconcileIntervalMs = 0
+        configure(&cfg)
+        let clock = ManualClock()
+        self.clock = clock
+        let point = EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: capacityKbit)
+        let backend = InMemoryBackend(location: "memory") { clock.now().boot }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        runtime = AgentRuntime(config: cfg, policy: policy, points: [point], backends: ["ep": backend], clock: clock, logger: logger)
+        let socket = try ListeningSocket.bind(path: socketPath, mode: socketMode)
+        let (ready, readyCont) = AsyncStream<Void>.makeStream()
+        let rt = runtime
+        task = Task { try await rt.run(socket: socket, useTimer: false) { readyCont.yield(); readyCont.finish() } }
+        for await _ in ready { break }
+    }
+
+    func stop() async {
+        task.cancel()
+        _ = try? await task.value
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    @discardableResult
+    func call(_ method: String, _ path: String, json body: JSON? = nil) throws -> (Int, JSON) {
+        let r = try client.request(method, path, body: body.map { Array($0.serialized().utf8) })
+        return (r.status, (try? JSON.parse(r.body)) ?? .string(String(decoding: r.body, as: UTF8.self)))
+    }
+
+    func raw(_ method: String, _ path: String, body: [UInt8], contentType: String = "application/json") throws -> (Int, JSON) {
+        let r = try client.request(method, path, body: body, contentType: contentType)
+        return (r.status, (try? JSON.parse(r.body)) ?? .null)
+    }
+
+    /// Sends bytes as they are and reads the response (malformed HTTP, partial requests).
+    func rawSocket(_ bytes: [UInt8], readTimeoutMs: Int = 5000) throws -> String {
+        let fd = try client.connect()
+        defer { close(fd) }
+        try client.writeAll(fd, bytes)
+        var tv = timeval(tv_sec: readTimeoutMs / 1000, tv_usec: Int((readTimeoutMs % 1000) * 1000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, 4096)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func kernel() async throws -> KernelState { try await service.observeKernel("ep") }
+}
+
+func lease(_ id: String = "L1", aisi: String = "aisi-1", client: String = "198.18.1.2", service: String = "198.18.100.10",
+           port: Int64 = 7000, anchorID: String = "edge-1", anchor: String = "198.18.2.2", ttlMs: Int64 = 30_000,
+           rate: Int64 = 1000, ceil: Int64 = 2000, relocates: String? = nil, drainMs: Int64? = nil,
+           generation: Int64? = nil) -> JSON {
+    var o = JSON.Object()
+    o["lease_id"] = .string(id)
+    o["aisi"] = .string(aisi)
+    o["aist"] = "tok"
+    o["ttl_ms"] = .int(ttlMs)
+    o["classifier"] = ["client": .string(client), "service": .string(service), "protocol": "udp", "port": .int(port)]
+    o["anchor"] = ["id": .string(anchorID), "address": .string(anchor), "port": .int(port)]
+    o["qos"] = ["rate_kbit": .int(rate), "ceil_kbit": .int(ceil), "priority": 1]
+    o["relocates"] = .optional(relocates)
+    if let drainMs { o["drain_ms"] = .int(drainMs) }
+    if let generation { o["generation"] = .int(generation) }
+    return .object(o)
+}
