@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Lab traffic for aipaging demos and benchmarks (test addresses only).
+
+  flow.py probe ADDR PORT [--count N] [--tcp]   send N requests, print which anchor answered each
+  flow.py blast ADDR PORT --mbit R --seconds S   send UDP at R Mbit/s, report the echoed throughput
+"""
+import argparse, socket, sys, time
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+def probe(a):
+    answers = []
+    for i in range(a.count):
+        try:
+            if a.tcp:
+                with socket.create_connection((a.addr, a.port), timeout=a.timeout) as s:
+                    s.sendall(b"probe %d\n" % i)
+                    answers.append(s.recv(200).split(b" ")[0].decode())
+            else:
+                s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+                s.settimeout(a.timeout)
+                s.sendto(b"probe %d" % i, (a.addr, a.port))
+                answers.append(s.recvfrom(200)[0].split(b" ")[0].decode())
+                s.close()
+        except (socket.timeout, OSError) as e:
+            answers.append("-" if isinstance(e, socket.timeout) else type(e).__name__)
+    print(" ".join(answers))
+    return 0 if all(x not in ("-",) and not x[0].isupper() for x in answers) else 1
+
+def blast(a):
+    """Sends UDP at a fixed rate for a.seconds; the anchor echoes each datagram. Reports the rate
+    of echoes that arrived during the sending window's second half (steady state, after the
+    shaper's burst allowance), i.e. the throughput of the shaped forward path."""
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.connect((a.addr, a.port))
+    payload = b"x" * a.size
+    wire = a.size + (48 if ":" in a.addr else 28)  # + IP/UDP headers: what HTB counts (plus L2)
+    interval = a.size * 8 / (a.mbit * 1e6)
+    sent = 0
+    steady = 0
+    start = time.monotonic()
+    half = start + a.seconds / 2
+    end = start + a.seconds
+    next_send = start
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if now >= next_send:
+            try:
+                s.send(payload)
+                sent += 1
+            except BlockingIOError:
+                pass
+            next_send += interval
+            continue
+        try:
+            while True:
+                s.recv(65535)
+                if time.monotonic() >= half:
+                    steady += 1
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+        time.sleep(min(0.0005, max(0.0, next_send - time.monotonic())))
+    secs = end - half
+    print("sent %.2f Mbit/s, delivered %.2f Mbit/s (IP bytes, steady state)" % (
+        sent * wire * 8 / a.seconds / 1e6, steady * wire * 8 / secs / 1e6))
+    return 0
+
+p = argparse.ArgumentParser()
+sub = p.add_subparsers(dest="cmd", required=True)
+pp = sub.add_parser("probe"); pp.add_argument("addr"); pp.add_argument("port", type=int)
+pp.add_argument("--count", type=int, default=3); pp.add_argument("--tcp", action="store_true"); pp.add_argument("--timeout", type=float, default=0.5)
+pb = sub.add_parser("blast"); pb.add_argument("addr"); pb.add_argument("port", type=int)
+pb.add_argument("--mbit", type=float, required=True); pb.add_argument("--seconds", type=float, default=2); pb.add_argument("--size", type=int, default=1200)
+a = p.parse_args()
+sys.exit(probe(a) if a.cmd == "probe" else blast(a))
