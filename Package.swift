@@ -69,10 +69,14 @@ let package = Package(
         .executableTarget(name: "NFTBench", dependencies: ["AIPagingKernel", "AIPagingCore"],
                           path: "Benchmarks/NFTBench", swiftSettings: strict),
 
+        // Test helpers shared by the test targets (shell, throwaway namespaces, the lab).
+        .target(name: "AIPagingTestSupport", path: "Tests/AIPagingTestSupport", swiftSettings: strict),
+
         .testTarget(name: "AIPagingCoreTests", dependencies: ["AIPagingCore"], swiftSettings: strict),
-        .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore"], swiftSettings: strict),
+        .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore", "AIPagingTestSupport"],
+                    swiftSettings: strict),
         .testTarget(name: "AIPagingAgentTests",
-                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel", "AIPagingClient"],
+                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel", "AIPagingClient", "AIPagingTestSupport"],
                     resources: [],
                     swiftSettings: strict),
     ]

@@ -3,6 +3,9 @@
 
   flow.py probe ADDR PORT [--count N] [--tcp]   send N requests, print which anchor answered each
   flow.py blast ADDR PORT --mbit R --seconds S   send UDP at R Mbit/s, report the echoed throughput
+  flow.py stream ADDR PORT --seconds S [--interval-ms I] [--tcp]
+                                               ONE flow (one socket / connection) sending a request
+                                               every I ms; prints "<epoch ms> <anchor or ->" per request
 """
 import argparse, socket, sys, time
 
@@ -69,11 +72,61 @@ def blast(a):
         sent * wire * 8 / a.seconds / 1e6, steady * wire * 8 / secs / 1e6))
     return 0
 
+def stream(a):
+    """One established flow: the same UDP socket (same source port) or one TCP connection for
+    the whole run. A request that gets no answer in time prints "-"; a TCP connection that
+    breaks is not reopened (the flow is over)."""
+    out = sys.stdout
+    if a.tcp:
+        s = socket.create_connection((a.addr, a.port), timeout=1.0)
+        f = s.makefile("rb")
+    else:
+        s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+        s.connect((a.addr, a.port))
+    s.settimeout(a.interval_ms / 1000.0)
+    end = time.time() + a.seconds
+    seq = 0
+    broken = False
+    while time.time() < end:
+        t0 = time.time()
+        answer = "-"
+        if not broken:
+            try:
+                if a.tcp:
+                    s.sendall(b"seq %d\n" % seq)
+                    line = f.readline()
+                    if not line:
+                        broken = True
+                    else:
+                        answer = line.split(b" ")[0].decode()
+                else:
+                    s.send(b"seq %d" % seq)
+                    while True:
+                        data = s.recv(200)
+                        parts = data.split(b" ")
+                        if parts[-1] == str(seq).encode():
+                            answer = parts[0].decode()
+                            break
+            except socket.timeout:
+                pass
+            except OSError:
+                if a.tcp:
+                    broken = True
+        out.write("%d %s\n" % (int(t0 * 1000), answer))
+        out.flush()
+        seq += 1
+        rest = a.interval_ms / 1000.0 - (time.time() - t0)
+        if rest > 0:
+            time.sleep(rest)
+    return 0
+
 p = argparse.ArgumentParser()
 sub = p.add_subparsers(dest="cmd", required=True)
 pp = sub.add_parser("probe"); pp.add_argument("addr"); pp.add_argument("port", type=int)
 pp.add_argument("--count", type=int, default=3); pp.add_argument("--tcp", action="store_true"); pp.add_argument("--timeout", type=float, default=0.5)
 pb = sub.add_parser("blast"); pb.add_argument("addr"); pb.add_argument("port", type=int)
 pb.add_argument("--mbit", type=float, required=True); pb.add_argument("--seconds", type=float, default=2); pb.add_argument("--size", type=int, default=1200)
+ps = sub.add_parser("stream"); ps.add_argument("addr"); ps.add_argument("port", type=int)
+ps.add_argument("--seconds", type=float, required=True); ps.add_argument("--interval-ms", type=float, default=20); ps.add_argument("--tcp", action="store_true")
 a = p.parse_args()
-sys.exit(probe(a) if a.cmd == "probe" else blast(a))
+sys.exit({"probe": probe, "blast": blast, "stream": stream}[a.cmd](a))

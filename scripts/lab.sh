@@ -39,6 +39,9 @@ up() {
   down
   for ns in client client2 enforce edge cloud; do
     ip netns add "$P-$ns"
+    # No duplicate address detection: tentative (link-local) addresses would hold up the first
+    # IPv6 packets for about a second.
+    ip netns exec "$P-$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     ip -n "$P-$ns" link set lo up
   done
   link "$P-client" c0 198.18.1.2/24 2001:db8:1::2/64 "$P-enforce" r-client 198.18.1.1/24 2001:db8:1::1/64

@@ -1,5 +1,7 @@
 import AIPagingCore
 import Logging
+import NIOCore
+import NIOPosix
 
 /// An enforcement point: a namespace whose nftables table and HTB classes the agent owns.
 public struct EnforcementPointConfig: Sendable, Equatable {
@@ -29,6 +31,13 @@ public struct CommitOutcome: Sendable {
 /// into one change per enforcement point (one nftables transaction each), applied, and only then
 /// answered. Reads (list, show, status) are served directly.
 public actor LeaseService {
+    /// The service runs on its own thread (a one-thread event loop), not on the cooperative pool:
+    /// its netlink syscalls never occupy a pool thread, and nothing else in the process that
+    /// blocks pool threads can stall admission, expiry or revoke.
+    let thread: MultiThreadedEventLoopGroup
+    let loop: any EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
+
     struct Point {
         var config: EnforcementPointConfig
         let backend: any EnforcementBackend
@@ -82,6 +91,8 @@ public actor LeaseService {
                 clock: any AgentClock = SystemClock(), planner: Planner = Planner(), groupSize: Int = Layout.defaultGroupSize,
                 events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases")) {
         precondition(!configs.isEmpty, "at least one enforcement point")
+        thread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        loop = thread.next()
         self.table = LeaseTable(groupSize: groupSize)
         for c in configs {
             guard let b = backends[c.name] else { preconditionFailure("no backend for \(c.name)") }
@@ -205,6 +216,10 @@ public actor LeaseService {
             }
         }
         events.finishAll()
+    }
+
+    deinit {
+        thread.shutdownGracefully { _ in }
     }
 
     func failPending(_ e: LeaseError) {

@@ -1,6 +1,7 @@
 import AIPagingAgent
 import AIPagingClient
 import AIPagingCore
+import AIPagingTestSupport
 import Crypto
 import Foundation
 import Synchronization
@@ -10,7 +11,7 @@ import Testing
     @Test func commitListShowRevoke() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
-        let (s, body) = try agent.call("PUT", "/v1/leases/L1", json: lease())
+        let (s, body) = try await agent.call("PUT", "/v1/leases/L1", json: lease())
         #expect(s == 201)
         #expect(body["result"]?.stringValue == "admitted")
         #expect(body["state"]?.stringValue == "active")
@@ -19,27 +20,27 @@ import Testing
         let k = try await agent.kernel()
         #expect(k.steering.count == 1 && k.anchors.count == 1 && k.qos.count == 1 && k.leafCount == 1)
 
-        let (ls, list) = try agent.call("GET", "/v1/leases")
+        let (ls, list) = try await agent.call("GET", "/v1/leases")
         #expect(ls == 200 && list["count"]?.int64Value == 1)
-        let (ss, show) = try agent.call("GET", "/v1/leases/L1")
+        let (ss, show) = try await agent.call("GET", "/v1/leases/L1")
         #expect(ss == 200 && show["aisi"]?.stringValue == "aisi-1")
-        #expect(try agent.call("GET", "/v1/leases?aisi=nope").1["count"]?.int64Value == 0)
+        #expect(try await agent.call("GET", "/v1/leases?aisi=nope").1["count"]?.int64Value == 0)
 
-        let (rs, revoked) = try agent.call("DELETE", "/v1/leases/L1")
+        let (rs, revoked) = try await agent.call("DELETE", "/v1/leases/L1")
         #expect(rs == 200 && revoked["state"]?.stringValue == "revoked")
         #expect(try await agent.kernel().isEmpty)
-        let (gs, gone) = try agent.call("GET", "/v1/leases/L1")
+        let (gs, gone) = try await agent.call("GET", "/v1/leases/L1")
         #expect(gs == 404 && gone["error"]?["cause"]?.stringValue == "lease_not_found")
-        #expect(try agent.call("DELETE", "/v1/leases/L1").0 == 404)
+        #expect(try await agent.call("DELETE", "/v1/leases/L1").0 == 404)
     }
 
     /// Bad requests get a clear 4xx with a cause, and change neither the lease table nor the kernel.
     @Test func badRequestsChangeNothing() async throws {
         let agent = try await TestAgent(policy: .lab, capacityKbit: 10_000) { $0.maxBodyBytes = 4096 }
         defer { Task { await agent.stop() } }
-        #expect(try agent.call("PUT", "/v1/leases/keep", json: lease("keep")).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/keep", json: lease("keep")).0 == 201)
         let before = try await agent.kernel()
-        let leasesBefore = try agent.call("GET", "/v1/leases").1
+        let leasesBefore = try await agent.call("GET", "/v1/leases").1
 
         let cases: [(String, [UInt8], String, Int, String)] = [
             ("/v1/leases/x", Array("{not json".utf8), "application/json", 400, "malformed_json"),
@@ -56,29 +57,29 @@ import Testing
             ("/v1/leases/x", [UInt8](repeating: 0x20, count: 5000), "application/json", 413, "payload_too_large"),
         ]
         for (path, body, type, status, cause) in cases {
-            let (s, b) = try agent.raw("PUT", path, body: body, contentType: type)
+            let (s, b) = try await agent.raw("PUT", path, body: body, contentType: type)
             #expect(s == status, "\(cause)")
             #expect(b["error"]?["cause"]?.stringValue == cause)
             let message = b["error"]?["message"]?.stringValue ?? ""
             #expect(!message.isEmpty)
         }
-        #expect(try agent.call("POST", "/v1/leases").0 == 405)
-        #expect(try agent.call("GET", "/v2/nothing").1["error"]?["cause"]?.stringValue == "not_found")
+        #expect(try await agent.call("POST", "/v1/leases").0 == 405)
+        #expect(try await agent.call("GET", "/v2/nothing").1["error"]?["cause"]?.stringValue == "not_found")
         // Malformed HTTP: the codec answers 400 and closes.
-        let garbage = try agent.rawSocket(Array("NOT-HTTP\r\n\r\n".utf8))
+        let garbage = try await agent.rawSocket(Array("NOT-HTTP\r\n\r\n".utf8))
         #expect(garbage.hasPrefix("HTTP/1.1 400"))
 
         #expect(try await agent.kernel() == before)
-        #expect(try agent.call("GET", "/v1/leases").1["count"] == leasesBefore["count"])
-        let m = try agent.client.request("GET", "/metrics")
-        #expect(String(decoding: m.body, as: UTF8.self).contains("aipaging_rejections_total{cause=\"insufficient_capacity\"} 1"))
+        #expect(try await agent.call("GET", "/v1/leases").1["count"] == leasesBefore["count"])
+        let metrics = try await agent.text("/metrics")
+        #expect(metrics.contains("aipaging_rejections_total{cause=\"insufficient_capacity\"} 1"))
     }
 
     @Test func slowRequestsTimeOut() async throws {
         let agent = try await TestAgent { $0.requestTimeoutMs = 300 }
         defer { Task { await agent.stop() } }
         let start = ContinuousClock.now
-        let reply = try agent.rawSocket(Array("PUT /v1/leases/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{\"lea".utf8))
+        let reply = try await agent.rawSocket(Array("PUT /v1/leases/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{\"lea".utf8))
         #expect(reply.hasPrefix("HTTP/1.1 408"))
         #expect(reply.contains("request_timeout"))
         #expect(ContinuousClock.now - start < .seconds(4))
@@ -90,9 +91,9 @@ import Testing
         let agent = try await TestAgent(policy: policy)
         defer { Task { await agent.stop() } }
         // This test process (root) is not uid 4242.
-        let (s, b) = try agent.call("PUT", "/v1/leases/L1", json: lease())
+        let (s, b) = try await agent.call("PUT", "/v1/leases/L1", json: lease())
         #expect(s == 403 && b["error"]?["cause"]?.stringValue == "unauthorized_peer")
-        #expect(try agent.call("GET", "/v1/leases").0 == 403)
+        #expect(try await agent.call("GET", "/v1/leases").0 == 403)
         #expect(await agent.service.leases().isEmpty)
         #expect(try await agent.kernel().isEmpty)
     }
@@ -103,13 +104,13 @@ import Testing
         let agent = try await TestAgent(policy: policy, socketMode: 0o666)
         defer { Task { await agent.stop() } }
         chmod(agent.dir, 0o755)
-        let out = try runProcess(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "-o", "/dev/null",
+        let out = try await runProcessOffPool(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "-o", "/dev/null",
                                   "-w", "%{http_code}", "--unix-socket", agent.socketPath, "http://agent/v1/status"])
         #expect(out == "200")
         let denied = try await TestAgent(policy: try Policy.parse(Array(#"{"peers":{"uids":[0]},"accept_unsigned":true}"#.utf8)), socketMode: 0o666)
         defer { Task { await denied.stop() } }
         chmod(denied.dir, 0o755)
-        let out2 = try runProcess(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s",
+        let out2 = try await runProcessOffPool(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s",
                                    "--unix-socket", denied.socketPath, "http://agent/v1/status"])
         #expect(out2.contains("unauthorized_peer") && out2.contains("uid=65534"))
     }
@@ -129,25 +130,25 @@ import Testing
         let agent = try await TestAgent(policy: policy)
         defer { Task { await agent.stop() } }
         let body = Array(lease().serialized().utf8)
-        let (s1, b1) = try agent.raw("PUT", "/v1/leases/L1", body: body)
+        let (s1, b1) = try await agent.raw("PUT", "/v1/leases/L1", body: body)
         #expect(s1 == 401 && b1["error"]?["cause"]?.stringValue == "signature_required")
         let bad = try JWS.sign(payload: body, kid: "ctl-1", privateKey: Curve25519.Signing.PrivateKey())
-        let (s2, b2) = try agent.raw("PUT", "/v1/leases/L1", body: Array(bad.utf8), contentType: "application/jose")
+        let (s2, b2) = try await agent.raw("PUT", "/v1/leases/L1", body: Array(bad.utf8), contentType: "application/jose")
         #expect(s2 == 401 && b2["error"]?["cause"]?.stringValue == "bad_signature")
         let good = try JWS.sign(payload: body, kid: "ctl-1", privateKey: key)
-        let (s3, _) = try agent.raw("PUT", "/v1/leases/L1", body: Array(good.utf8), contentType: "application/jose")
+        let (s3, _) = try await agent.raw("PUT", "/v1/leases/L1", body: Array(good.utf8), contentType: "application/jose")
         #expect(s3 == 201)
         // A replay of an older generation is refused.
         let g2 = try JWS.sign(payload: Array(lease(generation: 2).serialized().utf8), kid: "ctl-1", privateKey: key)
-        #expect(try agent.raw("PUT", "/v1/leases/L1", body: Array(g2.utf8), contentType: "application/jose").0 == 200)
-        let (s4, b4) = try agent.raw("PUT", "/v1/leases/L1", body: Array(good.utf8), contentType: "application/jose")
+        #expect(try await agent.raw("PUT", "/v1/leases/L1", body: Array(g2.utf8), contentType: "application/jose").0 == 200)
+        let (s4, b4) = try await agent.raw("PUT", "/v1/leases/L1", body: Array(good.utf8), contentType: "application/jose")
         #expect(s4 == 409 && b4["error"]?["cause"]?.stringValue == "replay")
     }
 
     @Test func expiryRemovesStateAndEmitsEvents() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
-        #expect(try agent.call("PUT", "/v1/leases/L1", json: lease(ttlMs: 1000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/L1", json: lease(ttlMs: 1000)).0 == 201)
         agent.clock.advance(milliseconds: 999)
         await agent.service.processTick()
         #expect(await agent.service.lease("L1") != nil)
@@ -155,18 +156,18 @@ import Testing
         await agent.service.processTick()
         #expect(await agent.service.lease("L1") == nil)
         #expect(try await agent.kernel().isEmpty)
-        let events = try agent.client.request("GET", "/v1/events?follow=false")
-        let lines = String(decoding: events.body, as: UTF8.self).split(separator: "\n").map { try? JSON.parse(String($0)) }
+        let events = try await agent.text("/v1/events?follow=false")
+        let lines = events.split(separator: "\n").map { try? JSON.parse(String($0)) }
         #expect(lines.map { $0?["event"]?.stringValue } == ["admitted", "expired"])
         #expect(lines.last??["lease_id"]?.stringValue == "L1")
-        let ev = try agent.call("GET", "/v1/evidence?aisi=aisi-1").1
+        let ev = try await agent.call("GET", "/v1/evidence?aisi=aisi-1").1
         #expect(ev["count"]?.int64Value == 2)
     }
 
     @Test func failedInstallLeavesNothingAndRefusesWithCause() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
-        #expect(try agent.call("PUT", "/v1/leases/A", json: lease("A")).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/A", json: lease("A")).0 == 201)
         let before = try await agent.kernel()
         // The kernel refuses B's state after its classes were added (a half-applied change).
         let b3 = Classifier(client: IPAddress("198.18.1.3")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000)
@@ -175,7 +176,7 @@ import Testing
             fake.failAfterSteps = 2
             fake.failWhen = { plan in plan.nft.contains { if case .addSteer(b3, _, _) = $0 { return true } else { return false } } }
         }
-        let (s, b) = try agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3"))
+        let (s, b) = try await agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3"))
         #expect(s == 503 && b["error"]?["cause"]?.stringValue == "enforcement_failed")
         #expect(try await agent.kernel() == before)
         #expect(await agent.service.lease("B") == nil)
@@ -186,16 +187,16 @@ import Testing
             fake.failWhen = nil
             fake.failNextApplyAfterSteps = 1
         }
-        #expect(try agent.call("PUT", "/v1/leases/C", json: lease("C", client: "198.18.1.4")).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/C", json: lease("C", client: "198.18.1.4")).0 == 201)
         // The next one goes through normally.
-        #expect(try agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3")).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3")).0 == 201)
     }
 
     @Test func relocationThroughTheAPI() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
-        #expect(try agent.call("PUT", "/v1/leases/old", json: lease("old")).0 == 201)
-        let (s, b) = try agent.call("PUT", "/v1/leases/new", json: lease("new", anchorID: "cloud-1", anchor: "198.18.3.2", relocates: "old", drainMs: 500))
+        #expect(try await agent.call("PUT", "/v1/leases/old", json: lease("old")).0 == 201)
+        let (s, b) = try await agent.call("PUT", "/v1/leases/new", json: lease("new", anchorID: "cloud-1", anchor: "198.18.3.2", relocates: "old", drainMs: 500))
         #expect(s == 201)
         #expect(b["result"]?.stringValue == "relocated")
         #expect(b["relocated"]?["state"]?.stringValue == "draining")
@@ -223,6 +224,10 @@ import Testing
         #expect(snap.byState[.active] == 64)
         #expect(try await agent.kernel().steering.count == 64)
     }
+}
+
+func runProcessOffPool(_ args: [String]) async throws -> String {
+    try await offPool { try runProcess(args) }
 }
 
 func runProcess(_ args: [String]) throws -> String {

@@ -1,6 +1,7 @@
 import AIPagingAgent
 import AIPagingClient
 import AIPagingCore
+import AIPagingTestSupport
 import Foundation
 import Logging
 
@@ -35,8 +36,16 @@ final class TestAgent: Sendable {
         let socket = try ListeningSocket.bind(path: socketPath, mode: socketMode)
         let (ready, readyCont) = AsyncStream<Void>.makeStream()
         let rt = runtime
-        task = Task { try await rt.run(socket: socket, useTimer: false) { readyCont.yield(); readyCont.finish() } }
-        for await _ in ready { break }
+        task = Task {
+            defer { readyCont.finish() }
+            try await rt.run(socket: socket, useTimer: false) { readyCont.yield() }
+        }
+        var isReady = false
+        for await _ in ready { isReady = true; break }
+        if !isReady {
+            try await task.value   // rethrows why the agent did not start
+            throw AgentDidNotStart()
+        }
     }
 
     func stop() async {
@@ -46,18 +55,33 @@ final class TestAgent: Sendable {
     }
 
     @discardableResult
-    func call(_ method: String, _ path: String, json body: JSON? = nil) throws -> (Int, JSON) {
-        let r = try client.request(method, path, body: body.map { Array($0.serialized().utf8) })
+    func call(_ method: String, _ path: String, json body: JSON? = nil) async throws -> (Int, JSON) {
+        try await request(method, path, body: body.map { Array($0.serialized().utf8) })
+    }
+
+    func raw(_ method: String, _ path: String, body: [UInt8], contentType: String = "application/json") async throws -> (Int, JSON) {
+        try await request(method, path, body: body, contentType: contentType)
+    }
+
+    func request(_ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json") async throws -> (Int, JSON) {
+        let client = self.client
+        let r = try await offPool { try client.request(method, path, body: body, contentType: contentType) }
         return (r.status, (try? JSON.parse(r.body)) ?? .string(String(decoding: r.body, as: UTF8.self)))
     }
 
-    func raw(_ method: String, _ path: String, body: [UInt8], contentType: String = "application/json") throws -> (Int, JSON) {
-        let r = try client.request(method, path, body: body, contentType: contentType)
-        return (r.status, (try? JSON.parse(r.body)) ?? .null)
+    func text(_ path: String) async throws -> String {
+        let client = self.client
+        let r = try await offPool { try client.request("GET", path) }
+        return String(decoding: r.body, as: UTF8.self)
     }
 
     /// Sends bytes as they are and reads the response (malformed HTTP, partial requests).
-    func rawSocket(_ bytes: [UInt8], readTimeoutMs: Int = 5000) throws -> String {
+    func rawSocket(_ bytes: [UInt8], readTimeoutMs: Int = 5000) async throws -> String {
+        let client = self.client
+        return try await offPool { try TestAgent.rawExchange(client, bytes, readTimeoutMs: readTimeoutMs) }
+    }
+
+    static func rawExchange(_ client: UnixHTTPClient, _ bytes: [UInt8], readTimeoutMs: Int) throws -> String {
         let fd = try client.connect()
         defer { close(fd) }
         try client.writeAll(fd, bytes)
@@ -93,3 +117,5 @@ func lease(_ id: String = "L1", aisi: String = "aisi-1", client: String = "198.1
     if let generation { o["generation"] = .int(generation) }
     return .object(o)
 }
+
+struct AgentDidNotStart: Error {}

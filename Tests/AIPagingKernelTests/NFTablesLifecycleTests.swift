@@ -1,3 +1,4 @@
+import AIPagingTestSupport
 import Testing
 import Foundation
 @testable import AIPagingKernel

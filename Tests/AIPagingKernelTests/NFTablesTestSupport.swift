@@ -1,3 +1,4 @@
+import AIPagingTestSupport
 import Foundation
 @testable import AIPagingKernel
 import AIPagingCore

@@ -1,3 +1,4 @@
+import AIPagingTestSupport
 import Foundation
 import Testing
 import AIPagingKernel
