@@ -72,6 +72,9 @@ let package = Package(
         // Test helpers shared by the test targets (shell, throwaway namespaces, the lab).
         .target(name: "AIPagingTestSupport", path: "Tests/AIPagingTestSupport", swiftSettings: strict),
 
+        .executableTarget(name: "EnforceBench", dependencies: ["AIPagingClient", "AIPagingCore"],
+                          path: "Benchmarks/EnforceBench", swiftSettings: strict),
+
         .testTarget(name: "AIPagingCoreTests", dependencies: ["AIPagingCore"], swiftSettings: strict),
         .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore", "AIPagingTestSupport"],
                     swiftSettings: strict),

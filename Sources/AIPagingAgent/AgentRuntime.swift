@@ -80,9 +80,10 @@ public final class AgentRuntime: Sendable {
 }
 
 extension LeaseService {
-    /// Background duty: end anything due (should the timer have been missed) and retry a
-    /// failed reconcile.
+    /// Background duty: end anything due (should the timer have been missed), retry a failed
+    /// reconcile, and let each backend do its deferred housekeeping.
     public func periodic() {
+        for p in points.values { p.backend.maintenance() }
         var work = false
         if let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant }),
            next <= clock.now().boot {

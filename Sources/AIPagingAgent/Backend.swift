@@ -38,6 +38,11 @@ public protocol EnforcementBackend: AnyObject {
 
     /// Per-lease packet and byte counters of the qos elements, keyed by mark (original, reply).
     func counters() throws(EnforcementError) -> [UInt32: FlowCounters]
+
+    /// Deferred, coalesced kernel housekeeping (called about once a second): removes conntrack
+    /// entries of flows that began before their lease existed (so they re-classify), retries
+    /// conntrack flushes that failed. Never required for the invariants.
+    func maintenance()
 }
 
 /// Packets and bytes of one lease's flows in both directions, from the qos element counters.

@@ -274,6 +274,8 @@ public struct ControlAPI: Sendable {
         o["enforcement_points"] = .array(points)
         o["time"] = .string(now.wall.rfc3339)
         o["events_seq"] = .int(service.events.lastSeq)
+        o["latency"] = ["install": snapshot.stats.installLatencies.summary,
+                        "expiry_lateness": snapshot.stats.expiryLateness.summary]
         return .json(200, .object(o))
     }
 }

@@ -116,6 +116,9 @@ public final class InMemoryBackend: EnforcementBackend {
         Dictionary(uniqueKeysWithValues: state.qos.keys.map { ($0, FlowCounters()) })
     }
 
+    public private(set) var maintenanceRuns = 0
+    public func maintenance() { maintenanceRuns += 1 }
+
     /// Test hook: alter the "kernel" behind the agent's back.
     public func tamper(_ body: (inout KernelState) -> Void) { body(&state) }
 }

@@ -17,8 +17,11 @@ public final class KernelBackend: EnforcementBackend {
     let ct: ConntrackSocket
     let logger: Logger
     var ifindexCache: [String: Int32] = [:]
-    /// Marks whose conntrack entries could not be flushed; retried at the next resync.
+    /// Marks whose conntrack entries could not be flushed; retried by `maintenance()`.
     var pendingFlushes: Set<UInt32> = []
+    /// Classifiers that got steering since the last sweep: flows of theirs that began before the
+    /// lease (unmarked conntrack entries) are removed so their next packet is steered.
+    var pendingUnsteered: Set<ConntrackClassifier> = []
 
     public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
         let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
@@ -107,12 +110,7 @@ public final class KernelBackend: EnforcementBackend {
         }
         flush(plan.flushMarksAfter)
         for c in plan.flushUnsteered {
-            do {
-                _ = try ct.deleteUnsteeredEntries(of: ConntrackClassifier(client: c.client, service: c.service,
-                                                                            protocolNumber: c.proto.number, servicePort: c.port))
-            } catch {
-                logger.warning("could not remove unsteered conntrack entries", metadata: ["classifier": "\(c)", "error": "\(error)"])
-            }
+            pendingUnsteered.insert(ConntrackClassifier(client: c.client, service: c.service, protocolNumber: c.proto.number, servicePort: c.port))
         }
         try applyTC(plan.tcAfter)
     }
@@ -138,7 +136,6 @@ public final class KernelBackend: EnforcementBackend {
                 }
                 state.interfaces[name] = iface
             }
-            if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
             return state
         } catch {
             throw Self.fail("reading the kernel state back", error)
@@ -178,6 +175,19 @@ public final class KernelBackend: EnforcementBackend {
             return out
         } catch {
             throw Self.fail("reading qos counters", error)
+        }
+    }
+
+    public func maintenance() {
+        if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
+        guard !pendingUnsteered.isEmpty else { return }
+        let batch = pendingUnsteered
+        pendingUnsteered = []
+        do {
+            let n = try ct.deleteUnsteeredEntries(ofAny: batch)
+            if n > 0 { logger.info("re-steered flows that began before their lease", metadata: ["conntrack_entries": "\(n)"]) }
+        } catch {
+            logger.warning("could not remove unsteered conntrack entries", metadata: ["error": "\(error)"])
         }
     }
 

@@ -254,6 +254,7 @@ public actor LeaseService {
         var ended: [(Lease, LifecycleEvent.Kind)] = []
         var scopes: [String: Scope] = [:]
         var wantResync = false
+        var dueDeadlines: [BootInstant] = []
 
         for item in items {
             switch item {
@@ -293,7 +294,7 @@ public actor LeaseService {
                     if let e = table.end(l.id, event, at: now, undo: &undo) {
                         scopes[l.enforcementPoint, default: Scope()].add(l)
                         ended.append((e, event == .drainEnded ? .drained : .expired))
-                        stats.expiryLateness.record(nanoseconds: l.nextDeadline.nanoseconds(until: now.boot))
+                        dueDeadlines.append(l.nextDeadline)
                     }
                 }
             case .resync:
@@ -364,6 +365,8 @@ public actor LeaseService {
                 cont.resume(returning: lease)
             }
         }
+        // Lateness: from each deadline to its state being gone from the kernel.
+        for d in dueDeadlines { stats.expiryLateness.record(nanoseconds: d.nanoseconds(until: applyDone.boot)) }
         for (lease, kind) in ended {
             if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
             publish(kind, lease, at: applyDone, related: lease.replacedBy)
@@ -494,12 +497,16 @@ public actor LeaseService {
     }
 }
 
-/// A log2-bucketed latency histogram (ns), cheap enough for every operation.
+/// Latencies in ns: log2 buckets for the Prometheus histogram plus the most recent samples
+/// (a ring of 65 536) for exact quantiles in `/v1/status` and the benchmarks.
 public struct LatencyHistogram: Sendable {
     public private(set) var buckets = [UInt64](repeating: 0, count: 48)
     public private(set) var count: UInt64 = 0
     public private(set) var sumNs: UInt64 = 0
     public private(set) var maxNs: UInt64 = 0
+    private var recent: [UInt64] = []
+    private var next = 0
+    static let ringSize = 65_536
 
     public init() {}
 
@@ -509,18 +516,32 @@ public struct LatencyHistogram: Sendable {
         count += 1
         sumNs &+= ns
         maxNs = max(maxNs, ns)
+        if recent.count < Self.ringSize {
+            recent.append(ns)
+        } else {
+            recent[next] = ns
+            next = (next + 1) % Self.ringSize
+        }
     }
 
-    /// Upper bound of the bucket holding quantile `q` (0..1), in ns.
+    /// Quantile `q` (0...1) of the recent samples, in ns (nearest rank).
     public func quantile(_ q: Double) -> UInt64 {
-        guard count > 0 else { return 0 }
-        let target = UInt64((Double(count) * q).rounded(.up))
-        var acc: UInt64 = 0
-        for (i, c) in buckets.enumerated() {
-            acc += c
-            if acc >= max(1, target) { return i == 0 ? 0 : min(maxNs, UInt64(1) << UInt64(i)) }
+        guard !recent.isEmpty else { return 0 }
+        let sorted = recent.sorted()
+        let rank = min(sorted.count - 1, max(0, Int((Double(sorted.count) * q).rounded(.up)) - 1))
+        return sorted[rank]
+    }
+
+    /// `{"count", "p50_ms", "p99_ms", "max_ms"}` over the recent samples.
+    public var summary: JSON {
+        let sorted = recent.sorted()
+        func q(_ p: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            let rank = min(sorted.count - 1, max(0, Int((Double(sorted.count) * p).rounded(.up)) - 1))
+            return Double(sorted[rank]) / 1e6
         }
-        return maxNs
+        return ["count": .int(count), "p50_ms": .double(q(0.5)), "p99_ms": .double(q(0.99)),
+                "max_ms": .double(Double(sorted.last ?? 0) / 1e6)]
     }
 }
 

@@ -118,6 +118,46 @@ public final class ConntrackSocket: Sendable {
         return ConntrackDeleteResult(method: .dumpAndDelete, deleted: deleted)
     }
 
+    /// `deleteUnsteeredEntries(of:)` for many classifiers at once: ONE dump of the unmarked
+    /// entries (kernel-filtered on mark 0), matched here against `classifiers`, then one delete
+    /// (orig tuple + CTA_ID) per match, all in one batch. A dump walks the whole conntrack hash
+    /// table (~10 ms), so coalescing many classifiers into one walk is what keeps it affordable.
+    /// Returns how many entries were deleted.
+    ///
+    /// Equivalent to `conntrack -L --mark 0` and `conntrack -D ...` for each match.
+    @discardableResult
+    public func deleteUnsteeredEntries(ofAny classifiers: Set<ConntrackClassifier>) throws(KernelError) -> Int {
+        guard !classifiers.isEmpty else { return 0 }
+        let ns = namespace
+        let victims = try entries(mark: 0).filter { e in
+            e.mark == 0 && e.original.destinationPort.map { port in
+                classifiers.contains(ConntrackClassifier(client: e.original.source, service: e.original.destination,
+                                                         protocolNumber: e.original.protocolNumber, servicePort: port))
+            } == true
+        }
+        if victims.isEmpty { return 0 }
+        let messages = victims.map { e -> CTMessage in
+            let m = CTMessage(IPCTNL_MSG_CT_DELETE, flags: UInt16(NLM_F_ACK), family: Self.family(e.original.source))
+            Self.putTuple(m, CTA_TUPLE_ORIG, e.original)
+            m.putBE32(CTA_ID, e.id)
+            return m
+        }
+        let acks = try core.withLock { (s: inout MNLSocket) throws(KernelError) in
+            try s.transact(messages, operation: "IPCTNL_MSG_CT_DELETE")
+        }
+        var deleted = 0
+        for (i, ack) in acks.enumerated() {
+            switch ack.errno {
+            case 0: deleted += 1
+            case ENOENT: continue
+            default:
+                throw KernelError("IPCTNL_MSG_CT_DELETE", errno: ack.errno, doing: "deleting \(victims[i]) in \(ns)",
+                                  kernelMessage: ack.message, hint: Self.hint(ack.errno))
+            }
+        }
+        return deleted
+    }
+
     // MARK: - Listing
 
     /// Every entry (of `family`, or both), optionally only those with `mark & mask == mark`,

@@ -1,0 +1,304 @@
+// scripts/bench-enforce: the agent's enforcement path under load, against the real kernel.
+//
+// For each level of N active leases it measures, through the control socket, the latency of a
+// single install (request until the reply, which comes only after the kernel state exists), a
+// single revoke, batched admission throughput with 64 concurrent clients, expiry lateness
+// (deadline to state gone, from the agent), the agent's RSS; and in the same run the same
+// install/removal done the naive way (one `nft` and one `tc` process per lease), as a ratio. It
+// also checks with real packets that nothing is steered after a lease's deadline.
+import AIPagingClient
+import AIPagingCore
+import Foundation
+import Synchronization
+
+struct Options {
+    var agent = ""
+    var repo = "."
+    var levels = [1, 1000, 10_000, 100_000]
+    var samples = 200
+    var clients = 64
+    var naiveMax = 10_000
+}
+
+func parseOptions() -> Options {
+    var opt = Options()
+    var args = CommandLine.arguments.dropFirst()
+    while let a = args.popFirst() {
+        switch a {
+        case "--agent": opt.agent = args.popFirst()!
+        case "--repo": opt.repo = args.popFirst()!
+        case "--levels": opt.levels = args.popFirst()!.split(separator: ",").compactMap { Int($0) }
+        case "--samples": opt.samples = Int(args.popFirst()!)!
+        case "--clients": opt.clients = Int(args.popFirst()!)!
+        case "--naive-max": opt.naiveMax = Int(args.popFirst()!)!
+        default: fatalError("unknown option \(a)")
+        }
+    }
+    return opt
+}
+let opt = parseOptions()
+
+/// Prints a line at once (stdout may be a pipe).
+func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
+
+@discardableResult
+func sh(_ args: [String], check: Bool = true) -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    let tmp = NSTemporaryDirectory() + "bench-\(UUID().uuidString)"
+    _ = FileManager.default.createFile(atPath: tmp, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: tmp) }
+    let out = FileHandle(forWritingAtPath: tmp)!
+    p.standardOutput = out
+    p.standardError = out
+    try! p.run()
+    p.waitUntilExit()
+    try? out.close()
+    let text = (try? String(contentsOfFile: tmp, encoding: .utf8)) ?? ""
+    if check && p.terminationStatus != 0 { fatalError("\(args.joined(separator: " ")) failed: \(text)") }
+    return text
+}
+
+func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+func pct(_ xs: [Double], _ q: Double) -> Double {
+    guard !xs.isEmpty else { return .nan }
+    let s = xs.sorted()
+    return s[min(s.count - 1, max(0, Int((Double(s.count) * q).rounded(.up)) - 1))]
+}
+func f(_ v: Double, _ d: Int = 2) -> String { String(format: "%.\(d)f", v) }
+
+// MARK: lab and agent
+
+let prefix = "aipb\(getpid() % 10000)"
+let ns = "\(prefix)-enforce"
+let dir = NSTemporaryDirectory() + "aipaging-bench-\(getpid())"
+try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+let socketPath = dir + "/agent.sock"
+say("lab \(prefix): scripts/lab.sh up (anchor services on)")
+sh([opt.repo + "/scripts/lab.sh", "up", prefix, "--services"])
+// Plenty of conntrack room for the stream checks; the bench itself sends little traffic.
+let agentProc = Process()
+agentProc.executableURL = URL(fileURLWithPath: opt.agent)
+agentProc.arguments = ["--netns", ns, "--socket", socketPath, "--state-dir", dir, "--capacity-kbit", "1000000000",
+                       "--flush-on-exit", "--log-level", "warning"]
+agentProc.standardError = FileHandle(forWritingAtPath: "/dev/null")
+try agentProc.run()
+func cleanup() {
+    if agentProc.isRunning {
+        kill(agentProc.processIdentifier, SIGTERM)
+        agentProc.waitUntilExit()
+    }
+    sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "naive"], check: false)
+    sh(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "r-cloud", "root"], check: false)
+    sh([opt.repo + "/scripts/lab.sh", "down", prefix], check: false)
+    try? FileManager.default.removeItem(atPath: dir)
+}
+signal(SIGINT) { _ in exit(130) }
+atexit { }
+for _ in 0..<100 where !FileManager.default.fileExists(atPath: socketPath) { usleep(50_000) }
+let client = UnixHTTPClient(path: socketPath)
+
+func leaseBody(_ i: Int, ttlMs: Int = 3_600_000) -> [UInt8] {
+    // Distinct clients from 198.19.0.0/16 (plus ports beyond 65 000 clients): one classifier each.
+    let host = i % 65_000, port = 7000 + i / 65_000
+    let c = "198.19.\(host / 250).\(host % 250 + 1)"
+    let body = "{\"lease_id\":\"b\(i)\",\"aisi\":\"aisi-b\(i)\",\"aist\":\"t\",\"ttl_ms\":\(ttlMs),"
+        + "\"classifier\":{\"client\":\"\(c)\",\"service\":\"198.18.100.10\",\"protocol\":\"udp\",\"port\":\(port)},"
+        + "\"anchor\":{\"id\":\"edge-1\",\"address\":\"198.18.2.2\",\"port\":\(port)},"
+        + "\"qos\":{\"rate_kbit\":100,\"ceil_kbit\":1000,\"priority\":\(i % 4)}}"
+    return Array(body.utf8)
+}
+
+func put(_ i: Int, ttlMs: Int = 3_600_000) -> Int {
+    (try? client.request("PUT", "/v1/leases/b\(i)", body: leaseBody(i, ttlMs: ttlMs)).status) ?? -1
+}
+
+/// Runs `count` requests from `clients` threads; returns (elapsed s, failures).
+func concurrent(_ range: Range<Int>, clients: Int, _ body: @escaping @Sendable (Int) -> Bool) -> (Double, Int) {
+    let nextIndex = Atomic<Int>(range.lowerBound)
+    let failures = Atomic<Int>(0)
+    let group = DispatchGroup()
+    let t0 = now()
+    for _ in 0..<clients {
+        group.enter()
+        Thread.detachNewThread {
+            while true {
+                let i = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
+                if i >= range.upperBound { break }
+                if !body(i) { failures.add(1, ordering: .relaxed) }
+            }
+            group.leave()
+        }
+    }
+    group.wait()
+    return (Double(now() - t0) / 1e9, failures.load(ordering: .relaxed))
+}
+
+func rssMB(_ pid: Int32) -> Double {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Double(line.split(separator: " ")[1]).map { $0 / 1024 } ?? .nan
+    }
+    return .nan
+}
+
+func status() -> JSON {
+    (try? JSON.parse(client.request("GET", "/v1/status").body)) ?? .null
+}
+
+// MARK: the naive way: one nft and one tc process per lease
+
+func naiveSetup(active: Int) {
+    sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], check: false)
+    let table = """
+    table inet naive {
+      map lease4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; flags timeout; }
+      map anchor4 { type mark : ipv4_addr . inet_service; flags timeout; }
+      map qos { type mark . ct_dir : classid; flags timeout; }
+    }
+    """
+    let path = dir + "/naive.nft"
+    try! table.write(toFile: path, atomically: true, encoding: .utf8)
+    sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "naive"], check: false)
+    sh(["ip", "netns", "exec", ns, "nft", "-f", path])
+    sh(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "r-cloud", "root"], check: false)
+    sh(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "r-cloud", "root", "handle", "1:", "htb", "default", "2"])
+    sh(["ip", "netns", "exec", ns, "tc", "class", "add", "dev", "r-cloud", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit", "quantum", "60000"])
+    guard active > 0 else { return }
+    // Bulk fill (not timed): elements in one nft file, classes in one tc batch.
+    var nft = "add element inet naive lease4 { "
+    var tcb = ""
+    for i in 0..<active {
+        nft += (i > 0 ? ", " : "") + "198.20.\(i / 250).\(i % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(0xa200_0000 + i)"
+        tcb += "class add dev r-cloud parent 1:1 classid 1:\(String(i + 16, radix: 16)) htb rate 100kbit ceil 1mbit quantum 1600\n"
+    }
+    nft += " }\n"
+    try! nft.write(toFile: path, atomically: true, encoding: .utf8)
+    try! tcb.write(toFile: dir + "/naive.tc", atomically: true, encoding: .utf8)
+    sh(["ip", "netns", "exec", ns, "nft", "-f", path])
+    sh(["ip", "netns", "exec", ns, "tc", "-b", dir + "/naive.tc"])
+}
+
+/// One naive install (nft + tc process) and removal (nft + tc process); times in ms.
+func naiveOnce(_ k: Int) -> (Double, Double) {
+    let mark = 0xa300_0000 + k
+    let cid = String(0xf000 + k % 0xfff, radix: 16)
+    let t0 = now()
+    sh(["ip", "netns", "exec", ns, "nft", "add", "element", "inet", "naive", "lease4",
+        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(mark) }"])
+    sh(["ip", "netns", "exec", ns, "tc", "class", "add", "dev", "r-cloud", "parent", "1:1", "classid", "1:\(cid)", "htb",
+        "rate", "100kbit", "ceil", "1mbit", "quantum", "1600"])
+    let t1 = now()
+    sh(["ip", "netns", "exec", ns, "nft", "delete", "element", "inet", "naive", "lease4",
+        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 }"])
+    sh(["ip", "netns", "exec", ns, "tc", "class", "del", "dev", "r-cloud", "classid", "1:\(cid)"])
+    let t2 = now()
+    return (Double(t1 - t0) / 1e6, Double(t2 - t1) / 1e6)
+}
+
+// MARK: no steering after a deadline (real packets)
+
+/// A lease of the lab client with a short ttl and a stream on one socket: counts answers that
+/// arrived after the deadline (must be 0).
+func steeredAfterDeadline() -> (Int, Int) {
+    let body = "{\"lease_id\":\"probe-ttl\",\"aisi\":\"probe\",\"aist\":\"t\",\"ttl_ms\":1500,"
+        + "\"classifier\":{\"client\":\"198.18.1.2\",\"service\":\"198.18.100.10\",\"protocol\":\"udp\",\"port\":7000},"
+        + "\"anchor\":{\"id\":\"edge-1\",\"address\":\"198.18.2.2\",\"port\":7000},\"qos\":{\"rate_kbit\":1000,\"ceil_kbit\":2000,\"priority\":0}}"
+    guard let r = try? client.request("PUT", "/v1/leases/probe-ttl", body: Array(body.utf8)), r.status == 201,
+          let exp = (try? JSON.parse(r.body))?["expires_at"]?.stringValue, let t = WallTime(rfc3339: exp) else { return (-1, -1) }
+    let deadline = t.nanosecondsSinceEpoch / 1_000_000
+    let out = sh(["ip", "netns", "exec", "\(prefix)-client", "python3", opt.repo + "/scripts/flow.py", "stream", "198.18.100.10", "7000",
+                  "--seconds", "2.5", "--interval-ms", "5"])
+    var after = 0, afterTotal = 0
+    for line in out.split(separator: "\n") {
+        let p = line.split(separator: " ")
+        guard p.count == 2, let ms = Int64(p[0]) else { continue }
+        if ms > deadline { afterTotal += 1; if p[1] == "edge-1" { after += 1 } }
+    }
+    return (after, afterTotal)
+}
+
+// MARK: run
+
+struct Row {
+    var level = 0
+    var installP50 = 0.0, installP99 = 0.0, revokeP50 = 0.0, revokeP99 = 0.0
+    var throughput = 0.0
+    var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
+    var rss = 0.0
+    var naiveInstall = Double.nan, naiveRemove = Double.nan
+    var steeredAfter = 0, probesAfter = 0
+}
+var rows: [Row] = []
+var active = 0
+for level in opt.levels {
+    var row = Row()
+    row.level = level
+    // Fill to level - 1 with 64 concurrent clients: the batched admission throughput.
+    let target = level - 1
+    if target > active {
+        let (secs, fails) = concurrent(active..<target, clients: opt.clients) { put($0) == 201 }
+        precondition(fails == 0, "\(fails) admissions failed while filling to \(target)")
+        row.throughput = Double(target - active) / secs
+        active = target
+    }
+    // Single install + revoke latency at `level` active leases.
+    var installs: [Double] = [], revokes: [Double] = []
+    for k in 0..<opt.samples {
+        let i = 1_000_000 + k
+        let t0 = now()
+        precondition(put(i) == 201)
+        let t1 = now()
+        precondition((try? client.request("DELETE", "/v1/leases/b\(i)").status) == 200)
+        let t2 = now()
+        installs.append(Double(t1 - t0) / 1e6)
+        revokes.append(Double(t2 - t1) / 1e6)
+    }
+    row.installP50 = pct(installs, 0.5); row.installP99 = pct(installs, 0.99)
+    row.revokeP50 = pct(revokes, 0.5); row.revokeP99 = pct(revokes, 0.99)
+    if level < 10 {
+        // Throughput at a small level: 2 000 leases from 64 clients, then revoked.
+        let (secs, fails) = concurrent(2_000_000..<2_002_000, clients: opt.clients) { put($0) == 201 }
+        precondition(fails == 0)
+        row.throughput = 2000 / secs
+        _ = concurrent(2_000_000..<2_002_000, clients: opt.clients) { i in (try? client.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
+    }
+    // Expiry lateness: 200 leases with a 700 ms ttl, expiring together; then the agent's figures.
+    let (_, ef) = concurrent(3_000_000..<3_000_200, clients: opt.clients) { put($0, ttlMs: 700) == 201 }
+    precondition(ef == 0)
+    usleep(1_500_000)
+    let lat = status()["latency"]?["expiry_lateness"]
+    row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
+    row.expiryP99 = lat?["p99_ms"]?.doubleValue ?? .nan
+    row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
+    (row.steeredAfter, row.probesAfter) = steeredAfterDeadline()
+    row.rss = rssMB(agentProc.processIdentifier)
+    if level <= opt.naiveMax {
+        naiveSetup(active: max(0, level - 1))
+        var ni: [Double] = [], nr: [Double] = []
+        for k in 0..<min(opt.samples, 50) {
+            let (a, b) = naiveOnce(k)
+            ni.append(a); nr.append(b)
+        }
+        row.naiveInstall = pct(ni, 0.5)
+        row.naiveRemove = pct(nr, 0.5)
+    }
+    rows.append(row)
+    say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
+          + "admission \(f(row.throughput, 0))/s; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
+          + "RSS \(f(row.rss, 1)) MB; naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
+          + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
+}
+
+say("")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission (leases/s, \(opt.clients) clients) | expiry lateness p50 / p99 / max (ms) | agent RSS (MB) | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| ---: | --- | --- | ---: | --- | ---: | --- | ---: | --- |")
+for r in rows {
+    let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
+    let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
+    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+}
+let stopStart = now()
+cleanup()
+say("\nagent stop with --flush-on-exit and lab teardown: \(f(Double(now() - stopStart) / 1e9, 1)) s")
