@@ -61,6 +61,24 @@ func sh(_ args: [String], check: Bool = true) -> String {
 }
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+/// posix_spawn + waitpid: what a shell does to run one command, without Foundation.Process's
+/// overhead (which would make the naive baseline look slower than it is).
+@discardableResult
+func spawnWait(_ args: [String]) -> Int32 {
+    var pid: pid_t = 0
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+    defer { for a in cargs { free(a) } }
+    guard posix_spawnp(&pid, args[0], &actions, nil, &cargs, environ) == 0 else { return -1 }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return status
+}
 func pct(_ xs: [Double], _ q: Double) -> Double {
     guard !xs.isEmpty else { return .nan }
     let s = xs.sorted()
@@ -112,6 +130,33 @@ func leaseBody(_ i: Int, ttlMs: Int = 3_600_000) -> [UInt8] {
 
 func put(_ i: Int, ttlMs: Int = 3_600_000) -> Int {
     (try? client.request("PUT", "/v1/leases/b\(i)", body: leaseBody(i, ttlMs: ttlMs)).status) ?? -1
+}
+
+/// Runs the requests of `range` from `clients` threads, each on its own kept-alive connection
+/// (as a controller would); returns (elapsed s, failures).
+func concurrentKeepAlive(_ range: Range<Int>, clients: Int, _ body: @escaping @Sendable (UnixHTTPClient.Connection, Int) -> Bool) -> (Double, Int) {
+    let nextIndex = Atomic<Int>(range.lowerBound)
+    let failures = Atomic<Int>(0)
+    let group = DispatchGroup()
+    let t0 = now()
+    for _ in 0..<clients {
+        group.enter()
+        Thread.detachNewThread {
+            let conn = try! UnixHTTPClient.Connection(client)
+            while true {
+                let i = nextIndex.wrappingAdd(1, ordering: .relaxed).oldValue
+                if i >= range.upperBound { break }
+                if !body(conn, i) { failures.add(1, ordering: .relaxed) }
+            }
+            group.leave()
+        }
+    }
+    group.wait()
+    return (Double(now() - t0) / 1e9, failures.load(ordering: .relaxed))
+}
+
+func putOn(_ c: UnixHTTPClient.Connection, _ i: Int, ttlMs: Int = 3_600_000) -> Bool {
+    (try? c.request("PUT", "/v1/leases/b\(i)", body: leaseBody(i, ttlMs: ttlMs)).status) == 201
 }
 
 /// Runs `count` requests from `clients` threads; returns (elapsed s, failures).
@@ -185,15 +230,16 @@ func naiveOnce(_ k: Int) -> (Double, Double) {
     let mark = 0xa300_0000 + k
     let cid = String(0xf000 + k % 0xfff, radix: 16)
     let t0 = now()
-    sh(["ip", "netns", "exec", ns, "nft", "add", "element", "inet", "naive", "lease4",
-        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(mark) }"])
-    sh(["ip", "netns", "exec", ns, "tc", "class", "add", "dev", "r-cloud", "parent", "1:1", "classid", "1:\(cid)", "htb",
-        "rate", "100kbit", "ceil", "1mbit", "quantum", "1600"])
+    var rc = spawnWait(["ip", "netns", "exec", ns, "nft", "add", "element", "inet", "naive", "lease4",
+                        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(mark) }"])
+    rc |= spawnWait(["ip", "netns", "exec", ns, "tc", "class", "add", "dev", "r-cloud", "parent", "1:1", "classid", "1:\(cid)", "htb",
+                     "rate", "100kbit", "ceil", "1mbit", "quantum", "1600"])
     let t1 = now()
-    sh(["ip", "netns", "exec", ns, "nft", "delete", "element", "inet", "naive", "lease4",
-        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 }"])
-    sh(["ip", "netns", "exec", ns, "tc", "class", "del", "dev", "r-cloud", "classid", "1:\(cid)"])
+    rc |= spawnWait(["ip", "netns", "exec", ns, "nft", "delete", "element", "inet", "naive", "lease4",
+                     "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 }"])
+    rc |= spawnWait(["ip", "netns", "exec", ns, "tc", "class", "del", "dev", "r-cloud", "classid", "1:\(cid)"])
     let t2 = now()
+    precondition(rc == 0, "a naive nft/tc command failed")
     return (Double(t1 - t0) / 1e6, Double(t2 - t1) / 1e6)
 }
 
@@ -201,11 +247,12 @@ func naiveOnce(_ k: Int) -> (Double, Double) {
 
 /// A lease of the lab client with a short ttl and a stream on one socket: counts answers that
 /// arrived after the deadline (must be 0).
-func steeredAfterDeadline() -> (Int, Int) {
-    let body = "{\"lease_id\":\"probe-ttl\",\"aisi\":\"probe\",\"aist\":\"t\",\"ttl_ms\":1500,"
+func steeredAfterDeadline(_ tag: Int) -> (Int, Int) {
+    let probeID = "probe-ttl-\(tag)"
+    let body = "{\"lease_id\":\"\(probeID)\",\"aisi\":\"probe\",\"aist\":\"t\",\"ttl_ms\":1500,"
         + "\"classifier\":{\"client\":\"198.18.1.2\",\"service\":\"198.18.100.10\",\"protocol\":\"udp\",\"port\":7000},"
         + "\"anchor\":{\"id\":\"edge-1\",\"address\":\"198.18.2.2\",\"port\":7000},\"qos\":{\"rate_kbit\":1000,\"ceil_kbit\":2000,\"priority\":0}}"
-    guard let r = try? client.request("PUT", "/v1/leases/probe-ttl", body: Array(body.utf8)), r.status == 201,
+    guard let r = try? client.request("PUT", "/v1/leases/\(probeID)", body: Array(body.utf8)), r.status == 201,
           let exp = (try? JSON.parse(r.body))?["expires_at"]?.stringValue, let t = WallTime(rfc3339: exp) else { return (-1, -1) }
     let deadline = t.nanosecondsSinceEpoch / 1_000_000
     let out = sh(["ip", "netns", "exec", "\(prefix)-client", "python3", opt.repo + "/scripts/flow.py", "stream", "198.18.100.10", "7000",
@@ -232,25 +279,28 @@ struct Row {
 }
 var rows: [Row] = []
 var active = 0
+var serial = 1_000_000
 for level in opt.levels {
     var row = Row()
     row.level = level
     // Fill to level - 1 with 64 concurrent clients: the batched admission throughput.
     let target = level - 1
     if target > active {
-        let (secs, fails) = concurrent(active..<target, clients: opt.clients) { put($0) == 201 }
+        let (secs, fails) = concurrentKeepAlive(active..<target, clients: opt.clients) { putOn($0, $1) }
         precondition(fails == 0, "\(fails) admissions failed while filling to \(target)")
         row.throughput = Double(target - active) / secs
         active = target
     }
     // Single install + revoke latency at `level` active leases.
     var installs: [Double] = [], revokes: [Double] = []
-    for k in 0..<opt.samples {
-        let i = 1_000_000 + k
+    let conn = try UnixHTTPClient.Connection(client)
+    for _ in 0..<opt.samples {
+        serial += 1
+        let i = serial
         let t0 = now()
-        precondition(put(i) == 201)
+        precondition(putOn(conn, i))
         let t1 = now()
-        precondition((try? client.request("DELETE", "/v1/leases/b\(i)").status) == 200)
+        precondition((try? conn.request("DELETE", "/v1/leases/b\(i)").status) == 200)
         let t2 = now()
         installs.append(Double(t1 - t0) / 1e6)
         revokes.append(Double(t2 - t1) / 1e6)
@@ -259,20 +309,21 @@ for level in opt.levels {
     row.revokeP50 = pct(revokes, 0.5); row.revokeP99 = pct(revokes, 0.99)
     if level < 10 {
         // Throughput at a small level: 2 000 leases from 64 clients, then revoked.
-        let (secs, fails) = concurrent(2_000_000..<2_002_000, clients: opt.clients) { put($0) == 201 }
+        let (secs, fails) = concurrentKeepAlive(2_000_000..<2_010_000, clients: opt.clients) { putOn($0, $1) }
         precondition(fails == 0)
-        row.throughput = 2000 / secs
-        _ = concurrent(2_000_000..<2_002_000, clients: opt.clients) { i in (try? client.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
+        row.throughput = 10_000 / secs
+        _ = concurrent(2_000_000..<2_010_000, clients: opt.clients) { i in (try? client.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
     }
     // Expiry lateness: 200 leases with a 700 ms ttl, expiring together; then the agent's figures.
-    let (_, ef) = concurrent(3_000_000..<3_000_200, clients: opt.clients) { put($0, ttlMs: 700) == 201 }
+    let base = 3_000_000 + level
+    let (_, ef) = concurrent(base..<(base + 200), clients: opt.clients) { put($0, ttlMs: 700) == 201 }
     precondition(ef == 0)
     usleep(1_500_000)
     let lat = status()["latency"]?["expiry_lateness"]
     row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
     row.expiryP99 = lat?["p99_ms"]?.doubleValue ?? .nan
     row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
-    (row.steeredAfter, row.probesAfter) = steeredAfterDeadline()
+    (row.steeredAfter, row.probesAfter) = steeredAfterDeadline(level)
     row.rss = rssMB(agentProc.processIdentifier)
     if level <= opt.naiveMax {
         naiveSetup(active: max(0, level - 1))

@@ -1,5 +1,6 @@
 import AIPagingCore
 import Logging
+import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,6 +14,8 @@ public final class AgentRuntime: Sendable {
     public let server: ControlServer
     public let clock: any AgentClock
     let logger: Logger
+    /// The agent's thread: control server I/O, request handling and the lease service.
+    let loopGroup: MultiThreadedEventLoopGroup
 
     public init(config: AgentConfig, policy: Policy, points: [EnforcementPointConfig],
                 backends: sending [String: any EnforcementBackend], clock: any AgentClock = SystemClock(),
@@ -20,8 +23,10 @@ public final class AgentRuntime: Sendable {
         self.config = config
         self.clock = clock
         self.logger = logger
+        let loopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.loopGroup = loopGroup
         let service = LeaseService(points: points, backends: backends, policy: policy, clock: clock,
-                                   groupSize: config.groupSize, logger: logger)
+                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next())
         self.service = service
         let evidence = EvidenceStore()
         self.evidence = evidence
@@ -30,7 +35,7 @@ public final class AgentRuntime: Sendable {
         limits.requestTimeout = .milliseconds(Int64(config.requestTimeoutMs))
         let api = ControlAPI(service: service, clock: clock, evidence: evidence,
                              metrics: MetricsRenderer(service: service, evidence: evidence))
-        self.server = ControlServer(api: api, limits: limits, logger: logger)
+        self.server = ControlServer(api: api, limits: limits, group: loopGroup, logger: logger)
     }
 
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
@@ -50,7 +55,6 @@ public final class AgentRuntime: Sendable {
         let interval = config.reconcileIntervalMs
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await service.run() }
                 group.addTask { await evidence.follow(service.events) }
                 group.addTask { try await server.run(on: socket, onReady: onReady) }
                 if interval > 0 {
@@ -94,6 +98,6 @@ extension LeaseService {
             pending.append(.resync)
             work = true
         }
-        if work { signal.yield() }
+        if work { scheduleFlush() }
     }
 }

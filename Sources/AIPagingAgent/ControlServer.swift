@@ -78,172 +78,214 @@ public struct ServerError: Error, CustomStringConvertible, Sendable {
     public init(_ d: String) { description = d }
 }
 
+/// Runs Swift tasks on a NIO event loop thread (a `TaskExecutor`), so request handling, the
+/// lease service (whose serial executor is the same loop) and socket I/O share one thread and
+/// a request never waits for a thread switch.
+public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+    // Sendable: `loop` is a Sendable EventLoop and never changes.
+    public let loop: any EventLoop
+    public init(_ loop: any EventLoop) { self.loop = loop }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        loop.execute { unowned.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}
+
 /// HTTP/1.1 on the Unix socket with SwiftNIO's codec: each connection is checked with
-/// SO_PEERCRED, requests are bounded in size and time, and handed to `ControlAPI`.
+/// SO_PEERCRED, requests are bounded in size and time, and handed to `ControlAPI` on the
+/// agent's event loop.
 public final class ControlServer: Sendable {
     let api: ControlAPI
     let limits: ServerLimits
     let group: MultiThreadedEventLoopGroup
+    let ownsGroup: Bool
+    let executor: EventLoopTaskExecutor
     let logger: Logger
 
-    public init(api: ControlAPI, limits: ServerLimits = ServerLimits(), threads: Int = 1, logger: Logger = Logger(label: "aipaging.api")) {
+    /// Serves on `group` (the agent's event loop, shared with the lease service) or on its own
+    /// one-thread group.
+    public init(api: ControlAPI, limits: ServerLimits = ServerLimits(), group: MultiThreadedEventLoopGroup? = nil,
+                logger: Logger = Logger(label: "aipaging.api")) {
         self.api = api
         self.limits = limits
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.ownsGroup = group == nil
+        self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.executor = EventLoopTaskExecutor(self.group.next())
         self.logger = logger
     }
 
-    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
-
     /// Serves on `socket` until the task is cancelled.
     public func run(on socket: ListeningSocket, onReady: @Sendable () -> Void = {}) async throws {
-        let limits = self.limits
-        let server = try await ServerBootstrap(group: group)
+        let limits = self.limits, api = self.api, executor = self.executor, logger = self.logger
+        let server = try await ServerBootstrap(group: group, childGroup: executor.loop)
             .serverChannelOption(.backlog, value: 512)
-            .bind(socket.fd) { channel in
+            .childChannelInitializer { channel in
                 let provider = channel as! any SocketOptionProvider
                 let cred: EventLoopFuture<aip_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
                 return cred.flatMapThrowing { c in
                     let sync = channel.pipeline.syncOperations
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(IdleStateHandler(readTimeout: limits.idleTimeout))
-                    try sync.addHandler(RequestDeadlineHandler(timeout: limits.requestTimeout))
-                    let conn = try Connection(wrappingChannelSynchronously: channel)
-                    return (conn, PeerCredentials(pid: c.pid, uid: c.uid, gid: c.gid))
+                    try sync.addHandler(HTTPRequestHandler(api: api, peer: PeerCredentials(pid: c.pid, uid: c.uid, gid: c.gid),
+                                                           limits: limits, executor: executor, logger: logger))
                 }
             }
+            .withBoundSocket(socket.fd).get()
         onReady()
-        try await withThrowingDiscardingTaskGroup { tasks in
-            try await server.executeThenClose { inbound in
-                for try await (conn, peer) in inbound {
-                    tasks.addTask { await self.serve(conn, peer: peer) }
-                }
-            }
+        try await withTaskCancellationHandler {
+            try await server.closeFuture.get()
+        } onCancel: {
+            server.close(promise: nil)
         }
     }
 
     public func shutdown() async {
-        try? await group.shutdownGracefully()
+        if ownsGroup { try? await group.shutdownGracefully() }
+    }
+}
+
+/// One connection's HTTP handling on its event loop: collects a request (bounded in size and
+/// time), runs `ControlAPI.handle` as a task on the same loop, writes the response (or streams
+/// it). Idle keep-alive connections are closed; a stream in progress is not idle.
+final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let api: ControlAPI
+    let peer: PeerCredentials
+    let limits: ServerLimits
+    let executor: EventLoopTaskExecutor
+    let logger: Logger
+    var head: HTTPRequestHead?
+    var body: [UInt8] = []
+    var tooLarge = false
+    var deadline: Scheduled<Void>?
+    var busy = false
+    var task: Task<Void, Never>?
+
+    init(api: ControlAPI, peer: PeerCredentials, limits: ServerLimits, executor: EventLoopTaskExecutor, logger: Logger) {
+        self.api = api
+        self.peer = peer
+        self.limits = limits
+        self.executor = executor
+        self.logger = logger
     }
 
-    func serve(_ conn: Connection, peer: PeerCredentials) async {
-        do {
-            try await conn.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body: [UInt8] = []
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case .head(let h):
-                        head = h
-                        body = []
-                        tooLarge = false
-                        if let cl = h.headers.first(name: "content-length").flatMap(Int.init), cl > limits.maxBodyBytes {
-                            tooLarge = true
-                        }
-                    case .body(var buf):
-                        if !tooLarge {
-                            if body.count + buf.readableBytes > limits.maxBodyBytes {
-                                tooLarge = true
-                                body = []
-                            } else if let bytes = buf.readBytes(length: buf.readableBytes) {
-                                body += bytes
-                            }
-                        }
-                    case .end:
-                        guard let h = head else { continue }
-                        head = nil
-                        let keepAlive = h.isKeepAlive && !tooLarge
-                        let response: APIResponse
-                        if tooLarge {
-                            response = .error(LeaseError(.payloadTooLarge, "the request body exceeds \(limits.maxBodyBytes) bytes"))
-                        } else {
-                            let req = APIRequest(method: h.method.rawValue, target: h.uri,
-                                                 contentType: h.headers.first(name: "content-type"), body: body, peer: peer)
-                            response = await api.handle(req)
-                        }
-                        try await write(response, keepAlive: keepAlive, version: h.version, to: outbound)
-                        if !keepAlive { return }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = []
+            tooLarge = h.headers.first(name: "content-length").flatMap(Int.init).map { $0 > limits.maxBodyBytes } ?? false
+            let ctx = context
+            deadline = context.eventLoop.assumeIsolated().scheduleTask(in: limits.requestTimeout) {
+                self.respondAndClose(ctx, LeaseError(.requestTimeout, "the request did not complete within the server's time limit"))
+            }
+        case .body(var buf):
+            guard !tooLarge else { return }
+            if body.count + buf.readableBytes > limits.maxBodyBytes {
+                tooLarge = true
+                body = []
+            } else if let bytes = buf.readBytes(length: buf.readableBytes) {
+                body += bytes
+            }
+        case .end:
+            deadline?.cancel()
+            deadline = nil
+            guard let h = head else { return }
+            head = nil
+            if tooLarge {
+                respondAndClose(context, LeaseError(.payloadTooLarge, "the request body exceeds \(limits.maxBodyBytes) bytes"))
+                return
+            }
+            let req = APIRequest(method: h.method.rawValue, target: h.uri, contentType: h.headers.first(name: "content-type"),
+                                 body: body, peer: peer)
+            body = []
+            busy = true
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let api = self.api
+            task = Task(executorPreference: executor) {
+                let response = await api.handle(req)
+                switch response.body {
+                case .bytes:
+                    let (handler, ctx) = bound.value
+                    handler.writeHead(response, keepAlive: h.isKeepAlive, version: h.version, context: ctx)
+                case .stream(let chunks):
+                    do {
+                        let (handler, ctx) = bound.value
+                        handler.writeHead(response, keepAlive: false, version: h.version, context: ctx)
                     }
+                    for await c in chunks {
+                        let (handler, ctx) = bound.value
+                        guard ctx.channel.isActive else { break }
+                        handler.writeChunk(c, context: ctx)
+                    }
+                    let (handler, ctx) = bound.value
+                    handler.finishStream(context: ctx)
                 }
             }
-        } catch {
-            logger.debug("connection ended", metadata: ["error": "\(error)"])
         }
     }
 
-    func write(_ r: APIResponse, keepAlive: Bool, version: HTTPVersion,
-               to out: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+    /// Writes a whole response (or, for a stream, its head).
+    func writeHead(_ r: APIResponse, keepAlive: Bool, version: HTTPVersion, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: r.contentType)
         headers.add(name: "Server", value: "aipaging-agent/\(AgentVersion.string)")
         for (k, v) in r.headers { headers.add(name: k, value: v) }
+        let status = HTTPResponseStatus(statusCode: r.status)
         switch r.body {
         case .bytes(let b):
             headers.add(name: "Content-Length", value: String(b.count))
             headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-            let head = HTTPResponseHead(version: version, status: .init(statusCode: r.status), headers: headers)
-            try await out.write(contentsOf: [.head(head), .body(.byteBuffer(ByteBuffer(bytes: b))), .end(nil)])
-        case .stream(let chunks):
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: b)))), promise: nil)
+            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            busy = false
+            if !keepAlive { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+        case .stream:
             headers.add(name: "Transfer-Encoding", value: "chunked")
             headers.add(name: "Cache-Control", value: "no-store")
-            try await out.write(.head(HTTPResponseHead(version: version, status: .init(statusCode: r.status), headers: headers)))
-            for await c in chunks {
-                try await out.write(.body(.byteBuffer(ByteBuffer(bytes: c))))
-            }
-            try await out.write(.end(nil))
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
         }
     }
-}
 
-/// Answers 408 and closes a connection whose request does not complete in time (a slow or
-/// stalled client cannot hold the agent), and closes idle keep-alive connections.
-final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    func writeChunk(_ c: [UInt8], context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: c)))), promise: nil)
+    }
 
-    let timeout: TimeAmount
-    var timer: Scheduled<Void>?
+    func finishStream(context: ChannelHandlerContext) {
+        busy = false
+        guard context.channel.isActive else { return }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
 
-    init(timeout: TimeAmount) { self.timeout = timeout }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head:
-            timer?.cancel()
-            let ctx = context
-            timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
-                let body = LeaseError(.requestTimeout, "the request did not complete within the server's time limit").body.serialized()
-                var headers = HTTPHeaders()
-                headers.add(name: "Content-Type", value: "application/json")
-                headers.add(name: "Content-Length", value: String(body.utf8.count))
-                headers.add(name: "Connection", value: "close")
-                ctx.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers))), promise: nil)
-                ctx.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-                ctx.writeAndFlush(self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in ctx.close(promise: nil) }
-            }
-        case .end:
-            timer?.cancel()
-            timer = nil
-        case .body:
-            break
-        }
-        context.fireChannelRead(data)
+    func respondAndClose(_ context: ChannelHandlerContext, _ e: LeaseError) {
+        let body = Array(e.body.serialized().utf8)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Connection", value: "close")
+        let status = HTTPResponseStatus(statusCode: e.status)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
+            if !busy && head == nil { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        deadline?.cancel()
+        deadline = nil
+        task?.cancel()
+        task = nil
         context.fireChannelInactive()
     }
 }

@@ -56,14 +56,17 @@ public struct LifecycleEvent: Sendable, Equatable {
 public final class EventBus: Sendable {
     private struct State {
         var nextSeq: UInt64 = 1
-        var history: [LifecycleEvent] = []
+        var history: Ring<LifecycleEvent>
         var subscribers: [UInt64: AsyncStream<LifecycleEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
     }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     public let historyLimit: Int
 
-    public init(historyLimit: Int = 10_000) { self.historyLimit = historyLimit }
+    public init(historyLimit: Int = 10_000) {
+        self.historyLimit = historyLimit
+        state = Mutex(State(history: Ring(capacity: historyLimit)))
+    }
 
     /// Assigns the sequence number, records and delivers the event.
     @discardableResult
@@ -72,7 +75,6 @@ public final class EventBus: Sendable {
             let e = make(s.nextSeq)
             s.nextSeq += 1
             s.history.append(e)
-            if s.history.count > historyLimit { s.history.removeFirst(s.history.count - historyLimit) }
             for c in s.subscribers.values { c.yield(e) }
             return e
         }
@@ -110,4 +112,37 @@ public final class EventBus: Sendable {
     }
 
     public var lastSeq: UInt64 { state.withLock { $0.nextSeq - 1 } }
+}
+
+/// A fixed-capacity FIFO that overwrites its oldest element: O(1) append, in-order iteration.
+struct Ring<Element>: Sequence {
+    private var storage: [Element] = []
+    private var start = 0
+    let capacity: Int
+
+    init(capacity: Int) {
+        precondition(capacity > 0)
+        self.capacity = capacity
+    }
+
+    var count: Int { storage.count }
+
+    mutating func append(_ e: Element) {
+        if storage.count < capacity {
+            storage.append(e)
+        } else {
+            storage[start] = e
+            start = (start + 1) % capacity
+        }
+    }
+
+    func makeIterator() -> AnyIterator<Element> {
+        var i = 0
+        let n = storage.count, s = storage, st = start
+        return AnyIterator {
+            guard i < n else { return nil }
+            defer { i += 1 }
+            return s[(st + i) % n]
+        }
+    }
 }

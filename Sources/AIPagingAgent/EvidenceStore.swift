@@ -2,16 +2,18 @@ import AIPagingCore
 
 /// Append-only store of EVI records. Lifecycle events become records as they are published.
 public actor EvidenceStore {
-    private var records: [EVIRecord] = []
+    private var records: Ring<EVIRecord>
     private var nextSeq: UInt64 = 1
     public let limit: Int
 
-    public init(limit: Int = 1_000_000) { self.limit = limit }
+    public init(limit: Int = 1_000_000) {
+        self.limit = limit
+        records = Ring(capacity: limit)
+    }
 
     public func append(_ make: (UInt64) -> EVIRecord) {
         records.append(make(nextSeq))
         nextSeq += 1
-        if records.count > limit { records.removeFirst(records.count - limit) }
     }
 
     /// Records the lifecycle event as an EVI record.

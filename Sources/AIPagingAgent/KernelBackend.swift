@@ -1,7 +1,9 @@
 import AIPagingCore
 import AIPagingKernel
 import CAIPagingShim
+import Foundation
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,9 +21,8 @@ public final class KernelBackend: EnforcementBackend {
     var ifindexCache: [String: Int32] = [:]
     /// Marks whose conntrack entries could not be flushed; retried by `maintenance()`.
     var pendingFlushes: Set<UInt32> = []
-    /// Classifiers that got steering since the last sweep: flows of theirs that began before the
-    /// lease (unmarked conntrack entries) are removed so their next packet is steered.
-    var pendingUnsteered: Set<ConntrackClassifier> = []
+    /// Removes, in the background, conntrack entries of flows that began before their lease.
+    let sweeper: UnsteeredSweeper
 
     public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
         let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
@@ -33,7 +34,10 @@ public final class KernelBackend: EnforcementBackend {
         var l = logger
         l[metadataKey: "point"] = "\(point.name)"
         self.logger = l
+        sweeper = UnsteeredSweeper(conntrack: ct, logger: l)
     }
+
+    deinit { sweeper.stop() }
 
     static func fail(_ what: String, _ e: KernelError) -> EnforcementError {
         EnforcementError(.enforcementFailed, "\(what): \(e)")
@@ -109,8 +113,10 @@ public final class KernelBackend: EnforcementBackend {
             do { try commit(tx, "nftables transaction (\(plan.nft.count) changes)") } catch { throw error }
         }
         flush(plan.flushMarksAfter)
-        for c in plan.flushUnsteered {
-            pendingUnsteered.insert(ConntrackClassifier(client: c.client, service: c.service, protocolNumber: c.proto.number, servicePort: c.port))
+        if !plan.flushUnsteered.isEmpty {
+            sweeper.add(plan.flushUnsteered.map {
+                ConntrackClassifier(client: $0.client, service: $0.service, protocolNumber: $0.proto.number, servicePort: $0.port)
+            })
         }
         try applyTC(plan.tcAfter)
     }
@@ -180,15 +186,6 @@ public final class KernelBackend: EnforcementBackend {
 
     public func maintenance() {
         if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
-        guard !pendingUnsteered.isEmpty else { return }
-        let batch = pendingUnsteered
-        pendingUnsteered = []
-        do {
-            let n = try ct.deleteUnsteeredEntries(ofAny: batch)
-            if n > 0 { logger.info("re-steered flows that began before their lease", metadata: ["conntrack_entries": "\(n)"]) }
-        } catch {
-            logger.warning("could not remove unsteered conntrack entries", metadata: ["error": "\(error)"])
-        }
     }
 
     // MARK: helpers
@@ -323,5 +320,60 @@ public final class KernelBackend: EnforcementBackend {
             batch.append(op)
         }
         try flushBatch()
+    }
+}
+
+/// Deletes conntrack entries of flows that began before their lease existed (mark 0), so their
+/// next packet is classified and steered. A dump walks the whole conntrack table (~10 ms), so
+/// classifiers are collected and swept together, at most every `interval`, on a thread of its
+/// own: the lease service's thread never waits for it. Not needed for the invariants.
+final class UnsteeredSweeper: Sendable {
+    let conntrack: ConntrackSocket
+    let logger: Logger
+    let pending = Mutex<Set<ConntrackClassifier>>([])
+    let stopping = Atomic<Bool>(false)
+    let wake = DispatchSemaphore(value: 0)
+    let interval: DispatchTimeInterval
+
+    init(conntrack: ConntrackSocket, logger: Logger, interval: DispatchTimeInterval = .milliseconds(500)) {
+        self.conntrack = conntrack
+        self.logger = logger
+        self.interval = interval
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    func add(_ classifiers: [ConntrackClassifier]) {
+        let wasEmpty = pending.withLock { p in
+            let e = p.isEmpty
+            p.formUnion(classifiers)
+            return e
+        }
+        if wasEmpty { wake.signal() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        wake.signal()
+    }
+
+    private func run() {
+        while !stopping.load(ordering: .acquiring) {
+            if pending.withLock({ $0.isEmpty }) { wake.wait() }
+            // Let more classifiers gather, then sweep them in one walk of the table.
+            Thread.sleep(forTimeInterval: 0.2)
+            let batch = pending.withLock { p -> Set<ConntrackClassifier> in
+                let b = p
+                p = []
+                return b
+            }
+            guard !batch.isEmpty, !stopping.load(ordering: .acquiring) else { continue }
+            do {
+                let n = try conntrack.deleteUnsteeredEntries(ofAny: batch)
+                if n > 0 { logger.info("re-steered flows that began before their lease", metadata: ["conntrack_entries": "\(n)"]) }
+            } catch {
+                logger.warning("could not remove unsteered conntrack entries", metadata: ["error": "\(error)"])
+            }
+            if case .milliseconds(let ms) = interval { Thread.sleep(forTimeInterval: Double(ms) / 1000) }
+        }
     }
 }

@@ -31,10 +31,10 @@ public struct CommitOutcome: Sendable {
 /// into one change per enforcement point (one nftables transaction each), applied, and only then
 /// answered. Reads (list, show, status) are served directly.
 public actor LeaseService {
-    /// The service runs on its own thread (a one-thread event loop), not on the cooperative pool:
-    /// its netlink syscalls never occupy a pool thread, and nothing else in the process that
-    /// blocks pool threads can stall admission, expiry or revoke.
-    let thread: MultiThreadedEventLoopGroup
+    /// The service runs on an event loop thread (the agent's, shared with the control server, or
+    /// its own), not on the cooperative pool: its netlink syscalls never occupy a pool thread, and
+    /// nothing that blocks pool threads can stall admission, expiry or revoke.
+    let thread: MultiThreadedEventLoopGroup?
     let loop: any EventLoop
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
 
@@ -63,9 +63,8 @@ public actor LeaseService {
     let logger: Logger
     var deadlines = DeadlineQueue()
     var pending: [Work] = []
-    let signal: AsyncStream<Void>.Continuation
-    let signals: AsyncStream<Void>
-    var running = false
+    /// A flush of `pending` is queued on the loop (requests arriving meanwhile join its batch).
+    var flushScheduled = false
     var stopped = false
     /// Called with the earliest deadline after every batch (the timerfd arms itself there).
     var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
@@ -89,10 +88,16 @@ public actor LeaseService {
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
                 clock: any AgentClock = SystemClock(), planner: Planner = Planner(), groupSize: Int = Layout.defaultGroupSize,
-                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases")) {
+                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases"), loop: (any EventLoop)? = nil) {
         precondition(!configs.isEmpty, "at least one enforcement point")
-        thread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        loop = thread.next()
+        if let loop {
+            self.thread = nil
+            self.loop = loop
+        } else {
+            let t = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            self.thread = t
+            self.loop = t.next()
+        }
         self.table = LeaseTable(groupSize: groupSize)
         for c in configs {
             guard let b = backends[c.name] else { preconditionFailure("no backend for \(c.name)") }
@@ -104,7 +109,6 @@ public actor LeaseService {
         self.planner = planner
         self.events = events
         self.logger = logger
-        (signals, signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
     public func setDeadlineObserver(_ observer: @escaping @Sendable (BootInstant?) -> Void) {
@@ -118,7 +122,7 @@ public actor LeaseService {
         guard !stopped else { throw LeaseError(.shuttingDown, "the agent is stopping") }
         return try await withCheckedThrowingContinuation { c in
             pending.append(.commit(request, c))
-            signal.yield()
+            scheduleFlush()
         }
     }
 
@@ -127,18 +131,31 @@ public actor LeaseService {
         guard !stopped else { throw LeaseError(.shuttingDown, "the agent is stopping") }
         return try await withCheckedThrowingContinuation { c in
             pending.append(.revoke(id, c))
-            signal.yield()
+            scheduleFlush()
         }
     }
 
-    /// Asks the run loop to end due leases now (the timer calls this).
+    /// Asks the service to end due leases now (the timer thread calls this).
     public nonisolated func tick() {
-        Task { await self.enqueue(.tick) }
+        loop.execute { [self] in self.assumeIsolated { $0.enqueue(.tick) } }
     }
 
     func enqueue(_ w: Work) {
         pending.append(w)
-        signal.yield()
+        scheduleFlush()
+    }
+
+    /// Queues one processing of `pending` on the service's loop, after the work already queued
+    /// there: requests that arrive in the meantime join the same batch (one nftables transaction).
+    func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute { [self] in
+            self.assumeIsolated { s in
+                s.flushScheduled = false
+                if s.stopped { s.failPending(LeaseError(.shuttingDown, "the agent is stopping")) } else { s.processPending() }
+            }
+        }
     }
 
     /// Processes due deadlines synchronously (tests with a manual clock call this).
@@ -190,21 +207,10 @@ public actor LeaseService {
         rearm()
     }
 
-    /// Drains the work queue until `stop()`; run it in the agent's task group.
-    public func run() async {
-        running = true
-        for await _ in signals {
-            processPending()
-            if stopped { break }
-        }
-        failPending(LeaseError(.shuttingDown, "the agent is stopping"))
-    }
-
     /// Stops the run loop; with `flush`, removes every piece of the agent's kernel state.
     public func stop(flush: Bool) {
         stopped = true
-        signal.yield()
-        signal.finish()
+        failPending(LeaseError(.shuttingDown, "the agent is stopping"))
         if flush {
             for name in points.keys.sorted() {
                 do {
@@ -219,7 +225,7 @@ public actor LeaseService {
     }
 
     deinit {
-        thread.shutdownGracefully { _ in }
+        thread?.shutdownGracefully { _ in }
     }
 
     func failPending(_ e: LeaseError) {
@@ -453,11 +459,14 @@ public actor LeaseService {
 
     /// Applies the plan of `scope` at `point`; nil on success.
     func applyScope(_ name: String, _ scope: Scope) -> EnforcementError? {
-        let p = points[name]!
-        let plan = planner.plan(point: name, scope: scope, table: table, applied: p.applied, capacityKbit: p.config.capacityKbit)
+        // No copy of the Point is held across the merge below: holding one would make the merge
+        // copy `applied` (all of the point's elements) on every batch.
+        let backend = points[name]!.backend
+        let plan = planner.plan(point: name, scope: scope, table: table, applied: points[name]!.applied,
+                                capacityKbit: points[name]!.config.capacityKbit)
         if plan.isEmpty { return nil }
         do {
-            try p.backend.apply(plan)
+            try backend.apply(plan)
             points[name]!.applied.merge(scope: scope, result: plan.result)
             return nil
         } catch {

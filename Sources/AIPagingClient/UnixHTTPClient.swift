@@ -46,13 +46,46 @@ public struct UnixHTTPClient: Sendable {
                  onChunk: (([UInt8]) -> Bool)? = nil) throws -> Response {
         let fd = try connect()
         defer { close(fd) }
-        var head = "\(method) \(target) HTTP/1.1\r\nHost: agent\r\nUser-Agent: aipagingctl\r\nConnection: close\r\n"
+        var reader = Reader(fd: fd)
+        return try exchange(fd, &reader, method, target, body: body, contentType: contentType, keepAlive: false, onChunk: onChunk)
+    }
+
+    /// A kept-alive connection for many requests in sequence (what a controller does).
+    public final class Connection {
+        let client: UnixHTTPClient
+        var fd: Int32 = -1
+        var reader: Reader
+
+        public init(_ client: UnixHTTPClient) throws {
+            self.client = client
+            fd = try client.connect()
+            reader = Reader(fd: fd)
+        }
+
+        deinit { if fd >= 0 { close(fd) } }
+
+        /// One request on the connection; reconnects once if the agent closed it meanwhile.
+        public func request(_ method: String, _ target: String, body: [UInt8]? = nil,
+                            contentType: String = "application/json") throws -> Response {
+            do {
+                return try client.exchange(fd, &reader, method, target, body: body, contentType: contentType, keepAlive: true, onChunk: nil)
+            } catch {
+                close(fd)
+                fd = try client.connect()
+                reader = Reader(fd: fd)
+                return try client.exchange(fd, &reader, method, target, body: body, contentType: contentType, keepAlive: true, onChunk: nil)
+            }
+        }
+    }
+
+    func exchange(_ fd: Int32, _ reader: inout Reader, _ method: String, _ target: String, body: [UInt8]?, contentType: String,
+                  keepAlive: Bool, onChunk: (([UInt8]) -> Bool)?) throws -> Response {
+        var head = "\(method) \(target) HTTP/1.1\r\nHost: agent\r\nUser-Agent: aipagingctl\r\nConnection: \(keepAlive ? "keep-alive" : "close")\r\n"
         if let body {
             head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
         }
         head += "\r\n"
         try writeAll(fd, Array(head.utf8) + (body ?? []))
-        var reader = Reader(fd: fd)
         let statusLine = try reader.line()
         let parts = statusLine.split(separator: " ", maxSplits: 2)
         guard parts.count >= 2, let status = Int(parts[1]) else { throw ClientError(description: "bad status line: \(statusLine)") }

@@ -107,53 +107,61 @@ public struct LeaseTable: Sendable {
         endedGenerations[id] = generation
     }
 
+    /// Mutates one point's indexes in place. (Copying a `PointIndex` out of `points` and writing it
+    /// back would make every mutation copy its dictionaries: O(leases) per change.)
+    private mutating func withPoint<R>(_ name: String, _ body: (inout PointIndex) -> R) -> R {
+        body(&points[name, default: PointIndex()])
+    }
+
     private mutating func index(_ l: Lease) {
-        var p = points[l.enforcementPoint] ?? PointIndex()
-        p.byClassifier[l.classifier, default: []].insert(l.id)
-        p.byMark[l.mark] = l.id
-        p.byClass[l.qosClass] = l.id
-        let g = l.qosClass.group
-        var info = p.groups[g] ?? GroupInfo(priority: l.request.qos.priority)
-        info.members[l.qosClass.minor] = l.id
-        info.rateKbit += l.request.qos.rateKbit
-        p.groups[g] = info
-        p.majorsInUse[g.interface, default: []].insert(g.major)
-        let key = InterfacePriority(interface: g.interface, priority: info.priority)
-        if info.members.count >= groupSize {
-            p.openGroups[key]?.remove(g.major)
-        } else {
-            p.openGroups[key, default: []].insert(g.major)
+        let size = groupSize
+        withPoint(l.enforcementPoint) { p in
+            p.byClassifier[l.classifier, default: []].insert(l.id)
+            p.byMark[l.mark] = l.id
+            p.byClass[l.qosClass] = l.id
+            let g = l.qosClass.group
+            var info = p.groups[g] ?? GroupInfo(priority: l.request.qos.priority)
+            info.members[l.qosClass.minor] = l.id
+            info.rateKbit += l.request.qos.rateKbit
+            p.groups[g] = info
+            p.majorsInUse[g.interface, default: []].insert(g.major)
+            let key = InterfacePriority(interface: g.interface, priority: info.priority)
+            if info.members.count >= size {
+                p.openGroups[key]?.remove(g.major)
+            } else {
+                p.openGroups[key, default: []].insert(g.major)
+            }
+            p.leasesPerInterface[g.interface, default: 0] += 1
+            if l.ownsSteering { p.guaranteedKbit += l.request.qos.rateKbit }
         }
-        p.leasesPerInterface[g.interface, default: 0] += 1
-        if l.ownsSteering { p.guaranteedKbit += l.request.qos.rateKbit }
-        points[l.enforcementPoint] = p
     }
 
     private mutating func unindex(_ l: Lease) {
-        guard var p = points[l.enforcementPoint] else { return }
-        p.byClassifier[l.classifier]?.remove(l.id)
-        if p.byClassifier[l.classifier]?.isEmpty == true { p.byClassifier[l.classifier] = nil }
-        if p.byMark[l.mark] == l.id { p.byMark[l.mark] = nil }
-        if p.byClass[l.qosClass] == l.id { p.byClass[l.qosClass] = nil }
-        let g = l.qosClass.group
-        if var info = p.groups[g] {
-            info.members[l.qosClass.minor] = nil
-            info.rateKbit -= min(info.rateKbit, l.request.qos.rateKbit)
-            let key = InterfacePriority(interface: g.interface, priority: info.priority)
-            if info.members.isEmpty {
-                p.groups[g] = nil
-                p.openGroups[key]?.remove(g.major)
-                if p.openGroups[key]?.isEmpty == true { p.openGroups[key] = nil }
-                p.majorsInUse[g.interface]?.remove(g.major)
-            } else {
-                p.groups[g] = info
-                p.openGroups[key, default: []].insert(g.major)
+        guard points[l.enforcementPoint] != nil else { return }
+        withPoint(l.enforcementPoint) { p in
+            p.byClassifier[l.classifier]?.remove(l.id)
+            if p.byClassifier[l.classifier]?.isEmpty == true { p.byClassifier[l.classifier] = nil }
+            if p.byMark[l.mark] == l.id { p.byMark[l.mark] = nil }
+            if p.byClass[l.qosClass] == l.id { p.byClass[l.qosClass] = nil }
+            let g = l.qosClass.group
+            if var info = p.groups[g] {
+                info.members[l.qosClass.minor] = nil
+                info.rateKbit -= min(info.rateKbit, l.request.qos.rateKbit)
+                let key = InterfacePriority(interface: g.interface, priority: info.priority)
+                if info.members.isEmpty {
+                    p.groups[g] = nil
+                    p.openGroups[key]?.remove(g.major)
+                    if p.openGroups[key]?.isEmpty == true { p.openGroups[key] = nil }
+                    p.majorsInUse[g.interface]?.remove(g.major)
+                } else {
+                    p.groups[g] = info
+                    p.openGroups[key, default: []].insert(g.major)
+                }
             }
+            p.leasesPerInterface[g.interface, default: 1] -= 1
+            if p.leasesPerInterface[g.interface] == 0 { p.leasesPerInterface[g.interface] = nil }
+            if l.ownsSteering { p.guaranteedKbit -= min(p.guaranteedKbit, l.request.qos.rateKbit) }
         }
-        p.leasesPerInterface[g.interface, default: 1] -= 1
-        if p.leasesPerInterface[g.interface] == 0 { p.leasesPerInterface[g.interface] = nil }
-        if l.ownsSteering { p.guaranteedKbit -= min(p.guaranteedKbit, l.request.qos.rateKbit) }
-        points[l.enforcementPoint] = p
     }
 
     // MARK: allocation
@@ -161,22 +169,20 @@ public struct LeaseTable: Sendable {
     /// A fresh lease mark. Marks rotate through 2^24 slots so a mark is not reused while
     /// conntrack entries of its previous lease could still linger.
     mutating func allocateMark(point: String) -> UInt32? {
-        var p = points[point] ?? PointIndex()
-        defer { points[point] = p }
-        for _ in 0..<Layout.maxSlot {
-            let slot = p.nextSlot
-            p.nextSlot = slot >= Layout.maxSlot ? 1 : slot + 1
-            let mark = Layout.markPrefix | slot
-            if p.byMark[mark] == nil { return mark }
+        withPoint(point) { p in
+            for _ in 0..<Layout.maxSlot {
+                let slot = p.nextSlot
+                p.nextSlot = slot >= Layout.maxSlot ? 1 : slot + 1
+                let mark = Layout.markPrefix | slot
+                if p.byMark[mark] == nil { return mark }
+            }
+            return nil
         }
-        return nil
     }
 
     /// Restores the mark rotation (journal replay).
     public mutating func setNextSlot(point: String, _ slot: UInt32) {
-        var p = points[point] ?? PointIndex()
-        p.nextSlot = max(1, min(slot, Layout.maxSlot))
-        points[point] = p
+        withPoint(point) { $0.nextSlot = max(1, min(slot, Layout.maxSlot)) }
     }
 
     public func nextSlot(point: String) -> UInt32 { points[point]?.nextSlot ?? 1 }
