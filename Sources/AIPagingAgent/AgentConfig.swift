@@ -16,6 +16,7 @@ public struct AgentConfig: Sendable, Equatable {
     public var groupSize = Layout.defaultGroupSize
     public var enforcementPoints: [EnforcementPointConfig] = []
     public var maxBodyBytes = 64 * 1024
+    public var maxBatchBodyBytes = 8 * 1024 * 1024
     public var requestTimeoutMs = 10_000
     public var logLevel = "info"
     /// Interval of the background reconcile that detects drift (ms).
@@ -43,7 +44,7 @@ public struct AgentConfig: Sendable, Equatable {
         } catch { throw fail("\(error)") }
         var c = AgentConfig()
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
-                                  "enforcement_points", "max_body_bytes", "request_timeout_ms", "log_level",
+                                  "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
                                   "reconcile_interval_ms", "comment"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
         if let v = root["socket"] { guard let s = v.stringValue else { throw fail("socket must be a path") }; c.socketPath = s }
@@ -62,6 +63,10 @@ public struct AgentConfig: Sendable, Equatable {
         if let v = root["max_body_bytes"] {
             guard let n = v.int64Value, (256...16_777_216).contains(n) else { throw fail("max_body_bytes must be 256..16777216") }
             c.maxBodyBytes = Int(n)
+        }
+        if let v = root["max_batch_body_bytes"] {
+            guard let n = v.int64Value, (1024...1_073_741_824).contains(n) else { throw fail("max_batch_body_bytes must be 1024..1073741824") }
+            c.maxBatchBodyBytes = Int(n)
         }
         if let v = root["request_timeout_ms"] {
             guard let n = v.int64Value, (10...600_000).contains(n) else { throw fail("request_timeout_ms must be 10..600000") }

@@ -32,6 +32,7 @@ public final class AgentRuntime: Sendable {
         self.evidence = evidence
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
+        limits.maxBatchBodyBytes = config.maxBatchBodyBytes
         limits.requestTimeout = .milliseconds(Int64(config.requestTimeoutMs))
         let api = ControlAPI(service: service, clock: clock, evidence: evidence,
                              metrics: MetricsRenderer(service: service, evidence: evidence))

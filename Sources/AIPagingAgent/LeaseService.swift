@@ -2,6 +2,7 @@ import AIPagingCore
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// An enforcement point: a namespace whose nftables table and HTB classes the agent owns.
 public struct EnforcementPointConfig: Sendable, Equatable {
@@ -57,6 +58,10 @@ public actor LeaseService {
     var points: [String: Point] = [:]
     public let defaultPoint: String
     public private(set) var policy: Policy
+    /// The same policy, readable without a hop onto the service's executor (the control API
+    /// checks peers and signatures before any lease work).
+    private let policySnapshot: Mutex<Policy>
+    public nonisolated var currentPolicy: Policy { policySnapshot.withLock { $0 } }
     let planner: Planner
     let clock: any AgentClock
     public let events: EventBus
@@ -77,7 +82,6 @@ public actor LeaseService {
         public var revoked = 0
         public var expired = 0
         public var drained = 0
-        public var rejected: [RejectCause: Int] = [:]
         public var resyncs = 0
         public var repairs = 0
         public var batches = 0
@@ -105,6 +109,7 @@ public actor LeaseService {
         }
         self.defaultPoint = configs[0].name
         self.policy = policy
+        self.policySnapshot = Mutex(policy)
         self.clock = clock
         self.planner = planner
         self.events = events
@@ -180,7 +185,10 @@ public actor LeaseService {
 
     public func pointConfig(_ name: String) -> EnforcementPointConfig? { points[name]?.config }
 
-    public func updatePolicy(_ p: Policy) { policy = p }
+    public func updatePolicy(_ p: Policy) {
+        policy = p
+        policySnapshot.withLock { $0 = p }
+    }
 
     public func counters(point: String) throws -> [UInt32: FlowCounters] {
         guard let p = points[point] else { return [:] }
@@ -431,7 +439,12 @@ public actor LeaseService {
         c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done))
     }
 
-    func reject(_ e: LeaseError) { stats.rejected[e.cause, default: 0] += 1 }
+    func reject(_ e: LeaseError) { recordRejection(e.cause) }
+
+    /// Refused requests by cause, counted wherever they are refused (API or service).
+    private let rejections = Mutex<[RejectCause: Int]>([:])
+    public nonisolated func recordRejection(_ cause: RejectCause) { rejections.withLock { $0[cause, default: 0] += 1 } }
+    public nonisolated var rejectionCounts: [RejectCause: Int] { rejections.withLock { $0 } }
 
     func publish(_ kind: LifecycleEvent.Kind, _ l: Lease, at t: ClockReading, related: LeaseID? = nil,
                  relatedAnchor: Anchor? = nil, detail: JSON.Object = JSON.Object()) {

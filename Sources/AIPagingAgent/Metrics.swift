@@ -28,7 +28,7 @@ public struct MetricsRenderer: Sendable {
             ("event=\"expired\"", Double(s.stats.expired)), ("event=\"drained\"", Double(s.stats.drained)),
         ])
         metric("aipaging_rejections_total", "counter", "Refused requests by cause.",
-               s.stats.rejected.sorted { $0.key.rawValue < $1.key.rawValue }.map { ("cause=\"\($0.key.rawValue)\"", Double($0.value)) })
+               service.rejectionCounts.sorted { $0.key.rawValue < $1.key.rawValue }.map { ("cause=\"\($0.key.rawValue)\"", Double($0.value)) })
         metric("aipaging_resyncs_total", "counter", "Full reconciles of an enforcement point with the kernel.", [("", Double(s.stats.resyncs))])
         metric("aipaging_repairs_total", "counter", "Kernel changes made by reconciles to repair drift.", [("", Double(s.stats.repairs))])
         metric("aipaging_batches_total", "counter", "Batches of changes applied.", [("", Double(s.stats.batches))])
