@@ -19,14 +19,14 @@ public final class AgentRuntime: Sendable {
 
     public init(config: AgentConfig, policy: Policy, points: [EnforcementPointConfig],
                 backends: sending [String: any EnforcementBackend], clock: any AgentClock = SystemClock(),
-                logger: Logger = Logger(label: "aipaging")) {
+                logger: Logger = Logger(label: "aipaging"), journal: sending LeaseJournal? = nil) {
         self.config = config
         self.clock = clock
         self.logger = logger
         let loopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.loopGroup = loopGroup
         let service = LeaseService(points: points, backends: backends, policy: policy, clock: clock,
-                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next())
+                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next(), journal: journal)
         self.service = service
         let evidence = EvidenceStore()
         self.evidence = evidence
@@ -42,6 +42,11 @@ public final class AgentRuntime: Sendable {
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
     /// out the run loop stops, and with `flush_on_exit` every piece of kernel state is removed.
     public func run(socket: ListeningSocket, useTimer: Bool = true, onReady: @escaping @Sendable () -> Void = {}) async throws {
+        let recovered = try await service.recover()
+        if recovered.restored + recovered.dropped > 0 {
+            logger.notice("recovered leases from the journal",
+                          metadata: ["live": "\(recovered.restored)", "ended_while_down": "\(recovered.dropped)"])
+        }
         try await service.start()
         let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
         if let timer {

@@ -74,6 +74,8 @@ public actor LeaseService {
     /// Called with the earliest deadline after every batch (the timerfd arms itself there).
     var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
     public private(set) var stats = Stats()
+    /// Durable record of leases (nil: nothing survives a restart, as in unit tests).
+    let journal: LeaseJournal?
 
     public struct Stats: Sendable {
         public var admitted = 0
@@ -92,7 +94,9 @@ public actor LeaseService {
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
                 clock: any AgentClock = SystemClock(), planner: Planner = Planner(), groupSize: Int = Layout.defaultGroupSize,
-                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases"), loop: (any EventLoop)? = nil) {
+                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases"), loop: (any EventLoop)? = nil,
+                journal: sending LeaseJournal? = nil) {
+        self.journal = journal
         precondition(!configs.isEmpty, "at least one enforcement point")
         if let loop {
             self.thread = nil
@@ -337,7 +341,8 @@ public actor LeaseService {
             _ = resync(name)
         }
 
-        for c in commits { finishCommit(c, at: applyDone) }
+        // Leases whose failed batch is retried one at a time.
+        var installed = commits
         for c in retry {
             let point = c.admission.lease.enforcementPoint
             if points[point]!.needsResync {
@@ -360,7 +365,7 @@ public actor LeaseService {
                     reject(e)
                     c.continuation.resume(throwing: e)
                 } else {
-                    finishCommit(PendingCommit(request: c.request, continuation: c.continuation, admission: adm), at: clock.now())
+                    installed.append(PendingCommit(request: c.request, continuation: c.continuation, admission: adm))
                 }
             } catch let e as LeaseError {
                 reject(e)
@@ -370,6 +375,38 @@ public actor LeaseService {
             }
         }
 
+        // Durability before any answer: one journal append (one fdatasync) for the batch.
+        if let journal {
+            var records: [JournalRecord] = []
+            for c in installed {
+                guard var l = table[c.admission.lease.id] else { continue }
+                if l.state == .admitted { l.state = .active }
+                records.append(.lease(l))
+                if case .relocation(let old) = c.admission.kind, let o = table[old] { records.append(.lease(o)) }
+            }
+            for (_, _, l) in revokes { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
+            for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
+            if !records.isEmpty {
+                do {
+                    try journal.append(records, clock: applyDone)
+                } catch {
+                    // Not durable, so not acknowledged: undo the admissions (kernel included).
+                    logger.critical("lease journal write failed; refusing the batch's admissions", metadata: ["error": "\(error)"])
+                    var touched: Set<String> = []
+                    for c in installed.reversed() {
+                        table.rollback(c.admission.undo)
+                        touched.insert(c.admission.lease.enforcementPoint)
+                        let e = LeaseError(.enforcementFailed, "lease \(c.request.leaseID) could not be recorded durably (\(error)); nothing of it remains")
+                        reject(e)
+                        c.continuation.resume(throwing: e)
+                    }
+                    installed = []
+                    for name in touched.sorted() { _ = resync(name) }
+                }
+            }
+        }
+
+        for c in installed { finishCommit(c, at: applyDone) }
         for (_, cont, lease) in revokes {
             stats.revoked += 1
             publish(.revoked, lease, at: applyDone)
@@ -385,6 +422,7 @@ public actor LeaseService {
             if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
             publish(kind, lease, at: applyDone, related: lease.replacedBy)
         }
+        if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
     }
 
@@ -612,5 +650,56 @@ extension LeaseService {
     public func withBackend<T: Sendable>(_ point: String, _ body: @Sendable (any EnforcementBackend) throws -> T) rethrows -> T? {
         guard let p = points[point] else { return nil }
         return try body(p.backend)
+    }
+}
+
+extension LeaseService {
+    /// Loads the journal (if any) and rebuilds the lease table from it; call before `start()`.
+    public func recover() throws -> (restored: Int, dropped: Int, truncatedBytes: Int) {
+        guard let journal else { return (0, 0, 0) }
+        let now = clock.now()
+        let (records, cut) = try journal.load(clock: now)
+        if cut > 0 {
+            logger.warning("cut a torn record off the end of the lease journal", metadata: ["bytes": "\(cut)"])
+        }
+        let dropped = restore(from: records)
+        return (table.liveCount, dropped.count, cut)
+    }
+
+    /// Replaces the lease table with the journal's (start, before `start()` reconciles the kernel).
+    /// Returns the leases that ended while the agent was down.
+    public func restore(from records: [JournalRecord]) -> [Lease] {
+        let now = clock.now()
+        let (restored, dropped) = LeaseTable.replay(records, now: now.boot, groupSize: table.groupSize)
+        table = restored
+        deadlines = DeadlineQueue()
+        for l in table.leases.values { deadlines.push(l.nextDeadline, l.id) }
+        for l in dropped {
+            let kind: LifecycleEvent.Kind = l.state == .draining && (l.drainEndsAt ?? l.deadline) < l.deadline ? .drained : .expired
+            publish(kind, l, at: now, related: l.replacedBy, detail: JSON.Object(["while_agent_down": true]))
+        }
+        if let journal {
+            let records: [JournalRecord] = dropped.map {
+                .ended(id: $0.id, state: .expired, generation: $0.request.generation, at: now.wall, mark: $0.mark, point: $0.enforcementPoint)
+            }
+            if !records.isEmpty { try? journal.append(records, clock: now) }
+            if journal.needsCompaction { compactJournal(journal) }
+        }
+        return dropped
+    }
+
+    func compactJournal(_ journal: LeaseJournal) {
+        let now = clock.now()
+        var records: [JournalRecord] = points.keys.sorted().map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
+        records += table.leases.values.map { .lease($0) }
+        for (id, g) in table.endedGenerations {
+            records.append(.ended(id: id, state: .expired, generation: g, at: now.wall, mark: 0, point: defaultPoint))
+        }
+        do {
+            try journal.compact(records, clock: now)
+            logger.info("compacted the lease journal", metadata: ["records": "\(records.count)"])
+        } catch {
+            logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
+        }
     }
 }

@@ -63,7 +63,14 @@ struct AgentCommand: AsyncParsableCommand {
             }
         }
         let cfg0 = cfg
-        let runtime = AgentRuntime(config: cfg, policy: pol, points: points, backends: backends, logger: logger)
+        let journal: LeaseJournal
+        do {
+            journal = try LeaseJournal(stateDir: cfg.stateDir)
+        } catch {
+            logger.critical("cannot open the lease journal", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        let runtime = AgentRuntime(config: cfg, policy: pol, points: points, backends: backends, logger: logger, journal: journal)
         let listening = try openSocket(cfg, logger: logger)
 
         let task = Task {
