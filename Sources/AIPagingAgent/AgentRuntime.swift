@@ -51,7 +51,6 @@ public final class AgentRuntime: Sendable {
         let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
-            await service.requestResync()
         }
         defer {
             timer?.stop()

@@ -58,8 +58,8 @@ public final class KernelBackend: EnforcementBackend {
             case .mismatched(let reasons):
                 // Rebuild the table and put its live elements back, in one transaction: flows
                 // keep being steered across the rebuild.
-                let now = SystemClock.boot()
-                let state = try readElements(now: now)
+                let state = try readElements()
+                let now = SystemClock.boot().adding(nanoseconds: 1_000_000 + 5_000 * UInt64(state.steering.count + 2 * state.anchors.count))
                 let tx = NFTTransaction()
                 tx.recreateAIPagingTable()
                 for (c, s) in state.steering { addSteer(tx, c, s.mark, s.deadline, now) }
@@ -98,7 +98,10 @@ public final class KernelBackend: EnforcementBackend {
         flush(plan.flushMarksBefore)
         try applyTC(plan.tcBefore)
         if !plan.nft.isEmpty {
-            let now = SystemClock.boot()
+            // The kernel starts an element's timeout when it processes it, a little after this
+            // clock reading: the margin (1 ms + 5 µs per change) keeps every element expiring at
+            // or before its lease's deadline, never after.
+            let now = SystemClock.boot().adding(nanoseconds: 1_000_000 + 5_000 * UInt64(plan.nft.count))
             let tx = NFTTransaction()
             for change in plan.nft {
                 switch change {
@@ -123,8 +126,7 @@ public final class KernelBackend: EnforcementBackend {
 
     public func observe() throws(EnforcementError) -> KernelState {
         do {
-            let now = SystemClock.boot()
-            var state = try readElements(now: now)
+            var state = try readElements()
             for ifindex in try tc.interfacesWithAIPagingRoot() {
                 let name = try route.interfaceName(index: ifindex)
                 ifindexCache[name] = ifindex
@@ -220,21 +222,33 @@ public final class KernelBackend: EnforcementBackend {
         }
     }
 
-    func readElements(now: BootInstant) throws(KernelError) -> KernelState {
+    /// The table's elements. Each element's deadline is the time its dump started plus the
+    /// remaining life the kernel reported: a lower bound, early by at most `readSkewNs`.
+    func readElements() throws(KernelError) -> KernelState {
         var state = KernelState()
-        func deadline(_ expires: UInt64?) -> BootInstant { now.adding(milliseconds: expires ?? 0) }
+        var skew: UInt64 = 0
+        func timed<T>(_ body: () throws(KernelError) -> T) throws(KernelError) -> (T, BootInstant) {
+            let start = SystemClock.boot()
+            let r = try body()
+            skew = max(skew, start.nanoseconds(until: SystemClock.boot()))
+            return (r, start)
+        }
         for fam in [IPAddress.Family.ipv4, .ipv6] {
-            for e in try nft.listSteering(family: fam) {
+            let (steer, t1) = try timed { () throws(KernelError) in try nft.listSteering(family: fam) }
+            for e in steer {
                 let c = Classifier(client: e.key.client, service: e.key.service, proto: e.key.proto == .tcp ? .tcp : .udp, port: e.key.port)
-                state.steering[c] = .init(mark: e.mark, deadline: deadline(e.expiresMs))
+                state.steering[c] = .init(mark: e.mark, deadline: t1.adding(milliseconds: e.expiresMs ?? 0))
             }
-            for e in try nft.listAnchors(family: fam) {
-                state.anchors[e.mark] = .init(address: e.address, port: e.port, deadline: deadline(e.expiresMs))
+            let (anchors, t2) = try timed { () throws(KernelError) in try nft.listAnchors(family: fam) }
+            for e in anchors {
+                state.anchors[e.mark] = .init(address: e.address, port: e.port, deadline: t2.adding(milliseconds: e.expiresMs ?? 0))
             }
         }
-        for e in try nft.listQoS() where e.direction == .original {
-            state.qos[e.mark] = .init(classid: e.classid, deadline: deadline(e.expiresMs))
+        let (qos, t3) = try timed { () throws(KernelError) in try nft.listQoS() }
+        for e in qos where e.direction == .original {
+            state.qos[e.mark] = .init(classid: e.classid, deadline: t3.adding(milliseconds: e.expiresMs ?? 0))
         }
+        state.readSkewNs = skew
         return state
     }
 

@@ -74,7 +74,7 @@ public final class LeaseJournal {
             guard line.count > 9, line[line.startIndex + 8] == 0x20,
                   let crc = UInt32(String(decoding: line.prefix(8), as: UTF8.self), radix: 16) else { break }
             let body = line.dropFirst(9)
-            guard CRC32.checksum(body) == crc, let json = try? JSON.parse(body),
+            guard LeaseJournal.crc(body) == crc, let json = try? JSON.parse(body),
                   let r = try? JournalRecord.decode(json, bootID: bootID, clock: clock) else { break }
             records.append(r)
             start = nl + 1
@@ -97,7 +97,7 @@ public final class LeaseJournal {
         out.reserveCapacity(records.count * 600)
         for r in records {
             let body = Array(r.json(bootID: bootID, clock: clock).serialized().utf8)
-            let hex = String(CRC32.checksum(body), radix: 16)
+            let hex = String(LeaseJournal.crc(body), radix: 16)
             out += Array((String(repeating: "0", count: 8 - hex.count) + hex + " ").utf8)
             out += body
             out.append(0x0A)
@@ -124,6 +124,13 @@ public final class LeaseJournal {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))")
         }
         sizeBytes += bytes.count
+    }
+
+    /// CRC-32 of a record line (the shim's slice-by-8; the same value as `CRC32.checksum`).
+    static func crc(_ bytes: some Collection<UInt8>) -> UInt32 {
+        if let v = bytes.withContiguousStorageIfAvailable({ aip_crc32(0, $0.baseAddress, $0.count) }) { return v }
+        let a = Array(bytes)
+        return a.withUnsafeBytes { aip_crc32(0, $0.baseAddress, $0.count) }
     }
 
     public var needsCompaction: Bool { sizeBytes > max(16 << 20, 4 * snapshotBytes) }

@@ -120,8 +120,10 @@ public actor LeaseService {
         self.logger = logger
     }
 
+    /// Installs the timer callback and arms it at the current earliest deadline.
     public func setDeadlineObserver(_ observer: @escaping @Sendable (BootInstant?) -> Void) {
         onDeadlineChange = observer
+        rearm()
     }
 
     // MARK: public API
@@ -535,7 +537,10 @@ public actor LeaseService {
         stats.resyncs += 1
         do {
             let observed = try p.backend.observe()
-            let tolerant = Planner(drainGraceNs: planner.drainGraceNs, deadlineToleranceNs: 20_000_000)
+            // Read-back deadlines are lower bounds (read time + remaining, rounded to jiffies):
+            // an element is accepted from the dump's skew + 20 ms early to 10 ms late.
+            let tolerant = Planner(drainGraceNs: planner.drainGraceNs, earlyToleranceNs: observed.readSkewNs + 20_000_000,
+                                   lateToleranceNs: 10_000_000)
             let scope = Scope.everything(point: name, table: table, applied: observed)
             let plan = tolerant.plan(point: name, scope: scope, table: table, applied: observed, capacityKbit: p.config.capacityKbit)
             if !plan.isEmpty { try p.backend.apply(plan) }
@@ -546,7 +551,13 @@ public actor LeaseService {
             let changes = plan.nft.count + plan.tcBefore.count + plan.tcAfter.count
             if changes > 0 {
                 stats.repairs += changes
-                logger.notice("reconciled kernel with leases", metadata: ["point": "\(name)", "changes": "\(changes)"])
+                var kinds: [String: Int] = [:]
+                for c in plan.nft { kinds["\(c)".prefix(while: { $0 != "(" }).description, default: 0] += 1 }
+                for c in plan.tcBefore + plan.tcAfter { kinds["\(c)".prefix(while: { $0 != "(" }).description, default: 0] += 1 }
+                logger.notice("reconciled kernel with leases", metadata: [
+                    "point": "\(name)", "changes": "\(changes)",
+                    "kinds": "\(kinds.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))",
+                ])
             }
             return changes
         } catch {

@@ -1,4 +1,5 @@
 import AIPagingAgent
+import CAIPagingShim
 import AIPagingCore
 import Foundation
 import Testing
@@ -104,6 +105,15 @@ import Testing
             Issue.record("replay admitted")
         } catch let e as LeaseError {
             #expect(e.cause == .replay)
+        }
+    }
+}
+
+@Suite struct ShimCRCTests {
+    @Test func shimCRCEqualsTheReference() {
+        for n in [0, 1, 7, 8, 9, 63, 64, 1000] {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }
+            #expect(bytes.withUnsafeBytes { aip_crc32(0, $0.baseAddress, $0.count) } == CRC32.checksum(bytes))
         }
     }
 }
