@@ -3,6 +3,8 @@
 
   flow.py probe ADDR PORT [--count N] [--tcp]   send N requests, print which anchor answered each
   flow.py blast ADDR PORT --mbit R --seconds S   send UDP at R Mbit/s, report the echoed throughput
+  flow.py seqstream ADDR PORT --rate HZ --seconds S
+                                               ONE UDP flow sending "seq N" datagrams at HZ; prints the count
   flow.py stream ADDR PORT --seconds S [--interval-ms I] [--tcp]
                                                ONE flow (one socket / connection) sending a request
                                                every I ms; prints "<epoch ms> <anchor or ->" per request
@@ -94,11 +96,16 @@ def stream(a):
             try:
                 if a.tcp:
                     s.sendall(b"seq %d\n" % seq)
-                    line = f.readline()
-                    if not line:
-                        broken = True
-                    else:
-                        answer = line.split(b" ")[0].decode()
+                    # Skip answers to earlier requests that arrived late (they say their seq).
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            broken = True
+                            break
+                        parts = line.split()
+                        if parts[-1:] == [str(seq).encode()]:
+                            answer = parts[0].decode()
+                            break
                 else:
                     s.send(b"seq %d" % seq)
                     while True:
@@ -120,6 +127,28 @@ def stream(a):
             time.sleep(rest)
     return 0
 
+def seqstream(a):
+    """One UDP flow (one socket: one conntrack entry) sending "seq N <epoch_us>" at a steady
+    rate, paced on absolute times so the rate holds under load. Prints how many were sent."""
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+    s.connect((a.addr, a.port))
+    interval = 1.0 / a.rate
+    start = time.monotonic()
+    n = int(a.seconds * a.rate)
+    sent = 0
+    for i in range(n):
+        target = start + i * interval
+        now = time.monotonic()
+        if target > now:
+            time.sleep(target - now)
+        try:
+            s.send(b"seq %d %d" % (i, time.time_ns() // 1000))
+            sent += 1
+        except OSError:
+            pass
+    print("sent %d" % sent)
+    return 0
+
 p = argparse.ArgumentParser()
 sub = p.add_subparsers(dest="cmd", required=True)
 pp = sub.add_parser("probe"); pp.add_argument("addr"); pp.add_argument("port", type=int)
@@ -128,5 +157,7 @@ pb = sub.add_parser("blast"); pb.add_argument("addr"); pb.add_argument("port", t
 pb.add_argument("--mbit", type=float, required=True); pb.add_argument("--seconds", type=float, default=2); pb.add_argument("--size", type=int, default=1200)
 ps = sub.add_parser("stream"); ps.add_argument("addr"); ps.add_argument("port", type=int)
 ps.add_argument("--seconds", type=float, required=True); ps.add_argument("--interval-ms", type=float, default=20); ps.add_argument("--tcp", action="store_true")
+pq = sub.add_parser("seqstream"); pq.add_argument("addr"); pq.add_argument("port", type=int)
+pq.add_argument("--rate", type=float, default=1000); pq.add_argument("--seconds", type=float, required=True)
 a = p.parse_args()
-sys.exit({"probe": probe, "blast": blast, "stream": stream}[a.cmd](a))
+sys.exit({"probe": probe, "blast": blast, "stream": stream, "seqstream": seqstream}[a.cmd](a))
