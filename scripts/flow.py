@@ -79,9 +79,10 @@ def stream(a):
     the whole run. A request that gets no answer in time prints "-"; a TCP connection that
     breaks is not reopened (the flow is over)."""
     out = sys.stdout
+    pending = b""   # TCP bytes received but not yet consumed (a raw buffer: a file object
+                    # made by makefile() is unusable after one timeout)
     if a.tcp:
         s = socket.create_connection((a.addr, a.port), timeout=1.0)
-        f = s.makefile("rb")
     else:
         s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
         s.connect((a.addr, a.port))
@@ -97,15 +98,27 @@ def stream(a):
                 if a.tcp:
                     s.sendall(b"seq %d\n" % seq)
                     # Skip answers to earlier requests that arrived late (they say their seq).
-                    while True:
-                        line = f.readline()
-                        if not line:
+                    deadline = time.time() + a.interval_ms / 1000.0
+                    while answer == "-" and not broken:
+                        while b"\n" in pending:
+                            line, pending = pending.split(b"\n", 1)
+                            parts = line.split()
+                            if parts[-1:] == [str(seq).encode()]:
+                                answer = parts[0].decode()
+                                break
+                        if answer != "-":
+                            break
+                        left = deadline - time.time()
+                        if left <= 0:
+                            break
+                        s.settimeout(left)
+                        try:
+                            data = s.recv(4096)
+                        except socket.timeout:
+                            break
+                        if not data:
                             broken = True
-                            break
-                        parts = line.split()
-                        if parts[-1:] == [str(seq).encode()]:
-                            answer = parts[0].decode()
-                            break
+                        pending += data
                 else:
                     s.send(b"seq %d" % seq)
                     while True:

@@ -92,7 +92,7 @@ import Testing
                     continue   // keep one lineage per classifier
                 }
                 let anchor = Bool.random(using: &rng) ? ("edge-1", "198.18.2.2") : ("cloud-1", "198.18.3.2")
-                entry.ttlMs = Int64.random(in: 2500...7000, using: &rng)
+                entry.ttlMs = Int64.random(in: 4000...9000, using: &rng)
                 let body = labLease(entry.id, aisi: "aisi-\(entry.classifierClient)", anchor: anchor.0, ttlMs: entry.ttlMs,
                                     relocates: relocates, drainMs: 300)
                 var bodyObj = body.objectValue!
@@ -124,7 +124,13 @@ import Testing
         }
         driver.start()
         sampler.start()
-        try await Task.sleep(for: .milliseconds(2500))
+        try await Task.sleep(for: .milliseconds(2000))
+        // Kill only once the stream has acknowledged enough leases that outlive the outage.
+        for _ in 0..<100 {
+            let acked = sent.withLock { s in s.filter { $0.status == 201 && ($0.expiresMs ?? 0) > Self.nowMs() + 4000 }.count }
+            if acked >= 10 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         let killedAt = Self.nowMs()
         agent.withLock { p in kill(p!.processIdentifier, SIGKILL); p!.waitUntilExit() }
         try await Task.sleep(for: .milliseconds(1500))
