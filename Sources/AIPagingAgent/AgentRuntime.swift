@@ -40,8 +40,22 @@ public final class AgentRuntime: Sendable {
 
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
     /// out the run loop stops, and with `flush_on_exit` every piece of kernel state is removed.
-    public func run(socket: ListeningSocket, useTimer: Bool = true, onReady: @escaping @Sendable () -> Void = {}) async throws {
-        try await service.start()
+    ///
+    /// Under systemd (`notifier` enabled): `READY=1` with a `STATUS=` line once the first
+    /// reconcile is done and the socket serves, `STATUS=` whenever the line changes, and with a
+    /// `watchdog`, `WATCHDOG=1` every half watchdog timeout from the reconcile loop, each only
+    /// after a round trip through the lease service (a hung service stops the pings).
+    /// With `drift_repair`, the kernel is watched for changes by other processes from before the
+    /// first reconcile on.
+    public func run(socket: ListeningSocket, useTimer: Bool = true, notifier: SystemdNotifier = SystemdNotifier(address: nil),
+                    watchdog: SystemdWatchdog? = nil, onReady: @escaping @Sendable () -> Void = {}) async throws {
+        if config.driftRepair { await service.startWatching() }
+        do {
+            try await service.start()
+        } catch {
+            await service.stop(flush: false)
+            throw error
+        }
         let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
@@ -52,17 +66,22 @@ public final class AgentRuntime: Sendable {
             if let path = socket.path { unlink(path) }
         }
         let service = self.service, evidence = self.evidence, server = self.server
-        let interval = config.reconcileIntervalMs
+        let interval: Duration? = config.reconcileIntervalMs > 0 ? .milliseconds(config.reconcileIntervalMs) : nil
+        let (served, servedCont) = AsyncStream<Void>.makeStream()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await evidence.follow(service.events) }
-                group.addTask { try await server.run(on: socket, onReady: onReady) }
-                if interval > 0 {
+                group.addTask {
+                    try await server.run(on: socket) {
+                        onReady()
+                        servedCont.yield()
+                        servedCont.finish()
+                    }
+                }
+                if interval != nil || notifier.isEnabled {
                     group.addTask {
-                        while !Task.isCancelled {
-                            try await Task.sleep(for: .milliseconds(interval))
-                            await service.periodic()
-                        }
+                        for await _ in served { break }
+                        try await Self.reconcileLoop(service: service, interval: interval, notifier: notifier, watchdog: watchdog)
                     }
                 }
                 _ = try await group.next()
@@ -76,6 +95,40 @@ public final class AgentRuntime: Sendable {
         await stop()
     }
 
+    /// The background loop: `periodic()` every reconcile interval; under systemd, the status line
+    /// and the watchdog pings. Ticks at the shorter of the reconcile interval and half the
+    /// watchdog timeout.
+    static func reconcileLoop(service: LeaseService, interval: Duration?, notifier: SystemdNotifier,
+                              watchdog: SystemdWatchdog?) async throws {
+        let clock = ContinuousClock()
+        var status = await service.statusLine()
+        notifier.ready(status: status)
+        let pingEvery = watchdog?.pingInterval
+        let tick = [interval, pingEvery].compactMap { $0 }.min() ?? .seconds(1)
+        if pingEvery != nil { notifier.watchdog() }
+        var nextReconcile = interval.map { clock.now + $0 }
+        var lastPing = clock.now
+        while !Task.isCancelled {
+            try await Task.sleep(for: tick)
+            if let interval, let next = nextReconcile, clock.now >= next {
+                await service.periodic()
+                nextReconcile = clock.now + interval
+            }
+            guard notifier.isEnabled else { continue }
+            // The awaited call runs on the service's executor: it returns only while the service
+            // is processing, so a hung service stops the pings.
+            let line = await service.statusLine()
+            if line != status {
+                status = line
+                notifier.status(line)
+            }
+            if let pingEvery, clock.now - lastPing >= pingEvery - tick {
+                notifier.watchdog()
+                lastPing = clock.now
+            }
+        }
+    }
+
     func stop() async {
         await service.stop(flush: config.flushOnExit)
         await server.shutdown()
@@ -84,6 +137,16 @@ public final class AgentRuntime: Sendable {
 }
 
 extension LeaseService {
+    /// The one-line state for systemd's `STATUS=`: "serving 3 leases on 1 enforcement point",
+    /// plus the points waiting for a resync. O(points).
+    public func statusLine() -> String {
+        let n = table.liveCount
+        var line = "serving \(n) lease\(n == 1 ? "" : "s") on \(points.count) enforcement point\(points.count == 1 ? "" : "s")"
+        let behind = points.filter { $0.value.needsResync }.map(\.key).sorted()
+        if !behind.isEmpty { line += "; kernel resync pending at \(behind.joined(separator: ", "))" }
+        return line
+    }
+
     /// Background duty: end anything due (should the timer have been missed), retry a failed
     /// reconcile, and let each backend do its deferred housekeeping.
     public func periodic() {

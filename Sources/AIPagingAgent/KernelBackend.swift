@@ -13,6 +13,7 @@ import Glibc
 /// Owned by the lease service and used from its executor only.
 public final class KernelBackend: EnforcementBackend {
     public let location: String
+    let namespace: NetworkNamespace
     let nft: NFTablesSocket
     let route: RouteSocket
     let tc: TrafficControl
@@ -26,6 +27,7 @@ public final class KernelBackend: EnforcementBackend {
 
     public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
         let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
+        namespace = ns
         location = point.netns.map { "netns \($0)" } ?? "the agent's network namespace"
         nft = try NFTablesSocket(namespace: ns)
         route = try RouteSocket(namespace: ns)
@@ -186,6 +188,16 @@ public final class KernelBackend: EnforcementBackend {
 
     public func maintenance() {
         if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
+    }
+
+    /// Subscribes to the namespace's nftables and tc notifications, ignoring those caused by
+    /// this backend's own nftables and rtnetlink sockets (their port ids).
+    public func watchForeignChanges(_ onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) throws(EnforcementError) -> KernelChangeMonitor? {
+        do {
+            return try KernelChangeMonitor(namespace: namespace, ignoring: [nft.portID, route.portID], onChange: onChange)
+        } catch {
+            throw Self.fail("watching \(location) for changes by other processes", error)
+        }
     }
 
     // MARK: helpers
