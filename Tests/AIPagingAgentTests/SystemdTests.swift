@@ -1,5 +1,8 @@
 @testable import AIPagingAgent
+import AIPagingCore
+import AIPagingTestSupport
 import Foundation
+import Logging
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -8,12 +11,12 @@ import Glibc
 /// sd_notify, the watchdog settings and socket activation against real sockets (no systemd).
 @Suite struct SystemdTests {
     /// A datagram socket standing in for systemd's notification socket.
-    final class NotifyReceiver {
+    final class NotifyReceiver: Sendable {
         let fd: Int32
         let address: String
         let path: String?
 
-        init(abstract: Bool) throws {
+        init(abstract: Bool, timeoutMs: Int = 2000) throws {
             fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             let name = "aipaging-notify-test-\(UUID().uuidString.prefix(8))"
             var addr = sockaddr_un()
@@ -33,7 +36,7 @@ import Glibc
             let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
             let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
             guard rc == 0 else { throw ServerError("bind: \(String(cString: strerror(errno)))") }
-            var tv = timeval(tv_sec: 2, tv_usec: 0)
+            var tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         }
 
@@ -131,5 +134,61 @@ import Glibc
             #expect(error.description.contains("not listening"))
         }
         close(stream)
+    }
+
+    /// The runtime under a fake systemd: READY with the status line once serving, then
+    /// WATCHDOG=1 every half timeout — and none while the lease service's thread is hung.
+    @Test func watchdogPingsStopWhileTheServiceIsHung() async throws {
+        let receiver = try NotifyReceiver(abstract: true, timeoutMs: 100)
+        let dir = NSTemporaryDirectory() + "aipaging-wd-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var cfg = AgentConfig()
+        cfg.socketPath = dir + "/agent.sock"
+        cfg.stateDir = dir
+        cfg.reconcileIntervalMs = 50
+        let clock = ManualClock()
+        let point = EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)
+        let backend = InMemoryBackend(location: "memory") { clock.now().boot }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let runtime = AgentRuntime(config: cfg, policy: .lab, points: [point], backends: ["ep": backend], clock: clock, logger: logger)
+        let socket = try ListeningSocket.bind(path: cfg.socketPath)
+        let notifier = SystemdNotifier(address: receiver.address)
+        let task = Task {
+            try await runtime.run(socket: socket, useTimer: false, notifier: notifier,
+                                  watchdog: SystemdWatchdog(timeout: .milliseconds(400)))
+        }
+        defer { task.cancel() }
+
+        // Record every message with its time, for 2.2 s; the service hangs from 0.8 s to 1.6 s.
+        let start = Date()
+        let recording = Task {
+            try await offPool { () -> [(Double, String)] in
+                var out: [(Double, String)] = []
+                while Date().timeIntervalSince(start) < 2.2 {
+                    if let m = receiver.receive() { out.append((Date().timeIntervalSince(start), m)) }
+                }
+                return out
+            }
+        }
+        try await Task.sleep(for: .milliseconds(800))
+        let hungAt = Date().timeIntervalSince(start)
+        runtime.loopGroup.next().execute { Thread.sleep(forTimeInterval: 0.8) }
+        let messages = try await recording.value
+        let pings = messages.filter { $0.1 == "WATCHDOG=1" }.map(\.0)
+
+        #expect(messages.first?.1 == "READY=1\nSTATUS=serving 0 leases on 1 enforcement point", "\(messages)")
+        #expect(pings.filter { $0 < hungAt }.count >= 3, "pings before the hang: \(pings)")
+        // At most a ping already on its way when the loop blocked; none for the rest of the hang.
+        #expect(pings.filter { $0 > hungAt + 0.15 && $0 < hungAt + 0.8 }.isEmpty, "pinged while hung: \(pings), hung at \(hungAt)")
+        #expect(pings.contains { $0 > hungAt + 0.8 }, "no ping after the hang: \(pings)")
+        // Regular pings outside the hang (every ~0.2 s; the bound leaves room for a loaded machine).
+        let outside = pings.filter { $0 < hungAt || $0 > hungAt + 0.85 }
+        for (a, b) in zip(outside, outside.dropFirst()) where !(a < hungAt && b > hungAt) {
+            #expect(b - a < 0.6, "gap of \(b - a) s between pings")
+        }
+        task.cancel()
+        _ = try? await task.value
     }
 }
