@@ -79,7 +79,9 @@ public final class AgentRuntime: Sendable {
                     }
                 }
                 if interval != nil || notifier.isEnabled {
-                    group.addTask {
+                    // On the agent's event loop, like the lease service: the loop's ticks and
+                    // pings depend on that thread alone, not on the cooperative pool.
+                    group.addTask(executorPreference: server.executor) {
                         for await _ in served { break }
                         try await Self.reconcileLoop(service: service, interval: interval, notifier: notifier, watchdog: watchdog)
                     }

@@ -62,7 +62,8 @@ public struct SystemdNotifier: Sendable {
             sent = message.withUnsafeBytes { m in
                 withUnsafePointer(to: &addr) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        sendto(fd, m.baseAddress, m.count, Int32(MSG_NOSIGNAL), $0, length)
+                        // Never block the caller (the agent's event loop) on a full queue.
+                        sendto(fd, m.baseAddress, m.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT), $0, length)
                     }
                 }
             }

@@ -139,7 +139,7 @@ import Glibc
     /// The runtime under a fake systemd: READY with the status line once serving, then
     /// WATCHDOG=1 every half timeout — and none while the lease service's thread is hung.
     @Test func watchdogPingsStopWhileTheServiceIsHung() async throws {
-        let receiver = try NotifyReceiver(abstract: true, timeoutMs: 100)
+        let receiver = try NotifyReceiver(abstract: true, timeoutMs: 20)
         let dir = NSTemporaryDirectory() + "aipaging-wd-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -161,21 +161,29 @@ import Glibc
         }
         defer { task.cancel() }
 
-        // Record every message with its time, for 2.2 s; the service hangs from 0.8 s to 1.6 s.
-        let start = Date()
-        let recording = Task {
-            try await offPool { () -> [(Double, String)] in
-                var out: [(Double, String)] = []
-                while Date().timeIntervalSince(start) < 2.2 {
-                    if let m = receiver.receive() { out.append((Date().timeIntervalSince(start), m)) }
-                }
-                return out
-            }
+        // Wait for READY (the test process's pool may be busy with other suites), then record
+        // every message with its time for 2.2 s; the service's thread hangs from 0.8 s to 1.6 s.
+        let ready = try await offPool { () -> String? in
+            let until = Date().addingTimeInterval(20)
+            while Date() < until { if let m = receiver.receive() { return m } }
+            return nil
         }
-        try await Task.sleep(for: .milliseconds(800))
-        let hungAt = Date().timeIntervalSince(start)
-        runtime.loopGroup.next().execute { Thread.sleep(forTimeInterval: 0.8) }
-        let messages = try await recording.value
+        let start = Date()
+        let loop = runtime.loopGroup.next()
+        let recording = Thread.detachNewThreadWithResult { () -> [(Double, String)] in
+            var out: [(Double, String)] = []
+            var hung = false
+            while Date().timeIntervalSince(start) < 2.2 {
+                if !hung && Date().timeIntervalSince(start) >= 0.8 {
+                    loop.execute { Thread.sleep(forTimeInterval: 0.8) }
+                    hung = true
+                }
+                if let m = receiver.receive() { out.append((Date().timeIntervalSince(start), m)) }
+            }
+            return out
+        }
+        let messages = [(0.0, ready ?? "")] + (await recording.value)
+        let hungAt = 0.8
         let pings = messages.filter { $0.1 == "WATCHDOG=1" }.map(\.0)
 
         #expect(messages.first?.1 == "READY=1\nSTATUS=serving 0 leases on 1 enforcement point", "\(messages)")
@@ -190,5 +198,16 @@ import Glibc
         }
         task.cancel()
         _ = try? await task.value
+    }
+}
+
+extension Thread {
+    /// Runs `body` on a new OS thread (not the cooperative pool) and awaits its result.
+    static func detachNewThreadWithResult<T: Sendable>(_ body: @escaping @Sendable () -> T) -> Task<T, Never> {
+        Task {
+            await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
+                Thread.detachNewThread { c.resume(returning: body()) }
+            }
+        }
     }
 }

@@ -119,4 +119,31 @@ import Testing
         #expect(seen.flatMap(\.origins).contains { $0.hasPrefix("nft[") })
         #expect(!all.contains { $0.portID == nft.portID || $0.portID == route.portID })
     }
+
+    /// A large transaction of the agent's own (50 000 elements, ~50 000 notifications queued at
+    /// once) is neither reported nor overruns the monitor's receive queue (which would count as
+    /// "lost" and cost a full resync).
+    @Test(.enabled(if: Shell.isRoot))
+    func aLargeOwnTransactionIsNotReported() async throws {
+        let ns = try TestNamespace(prefix: "monbig")
+        defer { ns.destroy() }
+        let nft = try NFTablesSocket(namespace: .named(ns.name))
+        let reports = Mutex<[KernelChangeMonitor.Report]>([])
+        let monitor = try KernelChangeMonitor(namespace: .named(ns.name), ignoring: [nft.portID],
+                                              debounce: .milliseconds(30)) { r in reports.withLock { $0.append(r) } }
+        defer { monitor.stop() }
+        let setup = NFTTransaction()
+        setup.createAIPagingTable()
+        try nft.commit(setup)
+        let tx = NFTTransaction()
+        for i in 0..<50_000 {
+            let client = IPAddress.v4(0xc612_0000 + UInt32(i))   // from 198.18.0.0 up
+            tx.addSteering(NFTSteeringKey(client: client, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000)!,
+                           mark: 0xa100_0000 | UInt32(i + 1), timeoutMs: 60_000)
+        }
+        try nft.commit(tx)
+        try await Task.sleep(for: .milliseconds(300))
+        let seen = reports.withLock { $0 }
+        #expect(seen.isEmpty, "reported: \(seen.map { "lost=\($0.lost) \($0.changes.prefix(3))" })")
+    }
 }

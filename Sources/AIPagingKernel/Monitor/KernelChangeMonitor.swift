@@ -1,9 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CNetlinkRoute
+// Keep this order (CNFTables before CNetlinkRoute): in whole-module (release) builds the first
+// module to pull in <sys/socket.h> decides where its enum constants live, and the other order
+// hides MSG_DONTWAIT from NFTablesSocket.swift.
 import CNFTables
 import CAIPagingShim
+import CNetlinkRoute
 import Synchronization
 import AIPagingCore
 
