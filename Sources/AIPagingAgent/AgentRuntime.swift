@@ -1,5 +1,6 @@
 import AIPagingCore
 import Logging
+import NIOCore
 import NIOPosix
 #if canImport(Glibc)
 import Glibc
@@ -83,7 +84,8 @@ public final class AgentRuntime: Sendable {
                     // pings depend on that thread alone, not on the cooperative pool.
                     group.addTask(executorPreference: server.executor) {
                         for await _ in served { break }
-                        try await Self.reconcileLoop(service: service, interval: interval, notifier: notifier, watchdog: watchdog)
+                        try await Self.reconcileLoop(service: service, loop: server.executor.loop, interval: interval,
+                                                     notifier: notifier, watchdog: watchdog)
                     }
                 }
                 _ = try await group.next()
@@ -99,8 +101,9 @@ public final class AgentRuntime: Sendable {
 
     /// The background loop: `periodic()` every reconcile interval; under systemd, the status line
     /// and the watchdog pings. Ticks at the shorter of the reconcile interval and half the
-    /// watchdog timeout.
-    static func reconcileLoop(service: LeaseService, interval: Duration?, notifier: SystemdNotifier,
+    /// watchdog timeout, with timers of the agent's event loop `loop` (not `Task.sleep`, whose
+    /// timers go through the cooperative pool): the pings depend on the agent's thread alone.
+    static func reconcileLoop(service: LeaseService, loop: any EventLoop, interval: Duration?, notifier: SystemdNotifier,
                               watchdog: SystemdWatchdog?) async throws {
         let clock = ContinuousClock()
         var status = await service.statusLine()
@@ -111,7 +114,7 @@ public final class AgentRuntime: Sendable {
         var nextReconcile = interval.map { clock.now + $0 }
         var lastPing = clock.now
         while !Task.isCancelled {
-            try await Task.sleep(for: tick)
+            try await sleep(tick, on: loop)
             if let interval, let next = nextReconcile, clock.now >= next {
                 await service.periodic()
                 nextReconcile = clock.now + interval
@@ -128,6 +131,21 @@ public final class AgentRuntime: Sendable {
                 notifier.watchdog()
                 lastPing = clock.now
             }
+        }
+    }
+
+    /// Sleeps for `duration` on a timer of `loop`; throws `CancellationError` when cancelled.
+    static func sleep(_ duration: Duration, on loop: any EventLoop) async throws {
+        let c = duration.components
+        let scheduled = loop.scheduleTask(in: .nanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)) {}
+        do {
+            try await withTaskCancellationHandler {
+                try await scheduled.futureResult.get()
+            } onCancel: {
+                scheduled.cancel()
+            }
+        } catch {
+            throw CancellationError()
         }
     }
 

@@ -131,7 +131,13 @@ public final class KernelBackend: EnforcementBackend {
                 let name = try route.interfaceName(index: ifindex)
                 ifindexCache[name] = ifindex
                 let rootClasses = try tc.classes(ifindex: ifindex, qdisc: AIPagingHTB.rootQdisc)
-                let capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                var capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                // A skeleton missing its best-effort class or its eBPF classifier (drift) reads
+                // as capacity 0: the plan then re-ensures the skeleton, which puts them back.
+                let classified = try tc.filters(ifindex: ifindex, parent: AIPagingHTB.rootQdisc).contains { $0.isAIPagingFilter }
+                if !classified || !rootClasses.contains(where: { $0.handle == AIPagingHTB.bestEffortClass }) {
+                    capacity = 0
+                }
                 var iface = KernelState.Interface(capacityKbit: capacity)
                 for c in rootClasses where c.handle.major == Layout.rootMajor && AIPagingHTB.groupRange.contains(c.handle.minor) {
                     let major = c.handle.minor

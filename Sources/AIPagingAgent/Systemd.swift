@@ -126,6 +126,7 @@ public enum SocketActivation {
         public var boundPath: String
     }
 
+    /// systemd passed an fd the agent cannot serve on; the description says how to fix the unit.
     public struct ActivationError: Error, CustomStringConvertible, Sendable {
         public var description: String
     }

@@ -64,6 +64,25 @@ import Testing
         #expect((lab.tcSentPackets("r-edge")["100:2"] ?? 0) >= 2)
     }
 
+    /// Someone deletes the eBPF classifier on the agent's root: it is put back and the lease's
+    /// packets are classified into its class again.
+    @Test func aDeletedClassifierIsPutBack() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let agent = try await LiveAgent(lab: lab)
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/F1", json: labLease("F1", ttlMs: 30_000)).0 == 201)
+        @Sendable func filters() -> String { (try? lab.exec("enforce", ["tc", "filter", "show", "dev", "r-edge", "parent", "a1:"])) ?? "" }
+        #expect(filters().contains("aip_prio2grp"))
+        _ = try await offPool { try lab.exec("enforce", ["tc", "filter", "del", "dev", "r-edge", "parent", "a1:"]) }
+        let took = try await secondsUntil { filters().contains("aip_prio2grp") }
+        #expect(took != nil && took! < 1.0, "classifier not repaired within 1 s (\(String(describing: took)))")
+        print("drift repair: tc filter del repaired in \(Int((took ?? -1) * 1000)) ms")
+        let before = lab.tcSentPackets("r-edge")["100:2"] ?? 0
+        #expect(lab.probe(vip(false), count: 3) == ["edge-1", "edge-1", "edge-1"])
+        #expect((lab.tcSentPackets("r-edge")["100:2"] ?? 0) >= before + 3)
+    }
+
     @Test func steeringAddedWithoutALeaseIsRemoved() async throws {
         let lab = try ScriptLab()
         defer { lab.destroy() }
