@@ -19,8 +19,11 @@ public struct AgentConfig: Sendable, Equatable {
     public var maxBatchBodyBytes = 8 * 1024 * 1024
     public var requestTimeoutMs = 10_000
     public var logLevel = "info"
-    /// Interval of the background reconcile that detects drift (ms).
+    /// Interval of the background reconcile: due leases, failed reconciles (ms).
     public var reconcileIntervalMs = 1000
+    /// Watch the enforcement namespaces for nftables/tc changes by other processes and repair
+    /// them at once (`drift_repair`).
+    public var driftRepair = true
 
     public static let defaultCapacityKbit: UInt64 = 1_000_000
 
@@ -45,7 +48,7 @@ public struct AgentConfig: Sendable, Equatable {
         var c = AgentConfig()
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
                                   "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
-                                  "reconcile_interval_ms", "comment"]
+                                  "reconcile_interval_ms", "drift_repair", "comment"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
         if let v = root["socket"] { guard let s = v.stringValue else { throw fail("socket must be a path") }; c.socketPath = s }
         if let v = root["socket_mode"] {
@@ -76,6 +79,7 @@ public struct AgentConfig: Sendable, Equatable {
             guard let n = v.int64Value, (0...3_600_000).contains(n) else { throw fail("reconcile_interval_ms must be 0..3600000") }
             c.reconcileIntervalMs = Int(n)
         }
+        if let v = root["drift_repair"] { guard let b = v.boolValue else { throw fail("drift_repair must be a boolean") }; c.driftRepair = b }
         if let v = root["log_level"] { c.logLevel = v.stringValue ?? "info" }
         if let v = root["enforcement_points"] {
             guard let arr = v.arrayValue else { throw fail("enforcement_points must be an array") }

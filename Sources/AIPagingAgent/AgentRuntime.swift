@@ -1,5 +1,6 @@
 import AIPagingCore
 import Logging
+import NIOCore
 import NIOPosix
 #if canImport(Glibc)
 import Glibc
@@ -41,13 +42,27 @@ public final class AgentRuntime: Sendable {
 
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
     /// out the run loop stops, and with `flush_on_exit` every piece of kernel state is removed.
-    public func run(socket: ListeningSocket, useTimer: Bool = true, onReady: @escaping @Sendable () -> Void = {}) async throws {
+    ///
+    /// Under systemd (`notifier` enabled): `READY=1` with a `STATUS=` line once the journal is
+    /// replayed, the first reconcile is done and the socket serves, `STATUS=` whenever the line
+    /// changes, and with a `watchdog`, `WATCHDOG=1` every half watchdog timeout from the
+    /// reconcile loop, each only after a round trip through the lease service (a hung service
+    /// stops the pings). With `drift_repair`, the kernel is watched for changes by other
+    /// processes from before the first reconcile on.
+    public func run(socket: ListeningSocket, useTimer: Bool = true, notifier: SystemdNotifier = SystemdNotifier(address: nil),
+                    watchdog: SystemdWatchdog? = nil, onReady: @escaping @Sendable () -> Void = {}) async throws {
         let recovered = try await service.recover()
         if recovered.restored + recovered.dropped > 0 {
             logger.notice("recovered leases from the journal",
                           metadata: ["live": "\(recovered.restored)", "ended_while_down": "\(recovered.dropped)"])
         }
-        try await service.start()
+        if config.driftRepair { await service.startWatching() }
+        do {
+            try await service.start()
+        } catch {
+            await service.stop(flush: false)
+            throw error
+        }
         let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
@@ -57,17 +72,25 @@ public final class AgentRuntime: Sendable {
             if let path = socket.path { unlink(path) }
         }
         let service = self.service, evidence = self.evidence, server = self.server
-        let interval = config.reconcileIntervalMs
+        let interval: Duration? = config.reconcileIntervalMs > 0 ? .milliseconds(config.reconcileIntervalMs) : nil
+        let (served, servedCont) = AsyncStream<Void>.makeStream()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await evidence.follow(service.events) }
-                group.addTask { try await server.run(on: socket, onReady: onReady) }
-                if interval > 0 {
-                    group.addTask {
-                        while !Task.isCancelled {
-                            try await Task.sleep(for: .milliseconds(interval))
-                            await service.periodic()
-                        }
+                group.addTask {
+                    try await server.run(on: socket) {
+                        onReady()
+                        servedCont.yield()
+                        servedCont.finish()
+                    }
+                }
+                if interval != nil || notifier.isEnabled {
+                    // On the agent's event loop, like the lease service: the loop's ticks and
+                    // pings depend on that thread alone, not on the cooperative pool.
+                    group.addTask(executorPreference: server.executor) {
+                        for await _ in served { break }
+                        try await Self.reconcileLoop(service: service, loop: server.executor.loop, interval: interval,
+                                                     notifier: notifier, watchdog: watchdog)
                     }
                 }
                 _ = try await group.next()
@@ -81,6 +104,56 @@ public final class AgentRuntime: Sendable {
         await stop()
     }
 
+    /// The background loop: `periodic()` every reconcile interval; under systemd, the status line
+    /// and the watchdog pings. Ticks at the shorter of the reconcile interval and half the
+    /// watchdog timeout, with timers of the agent's event loop `loop` (not `Task.sleep`, whose
+    /// timers go through the cooperative pool): the pings depend on the agent's thread alone.
+    static func reconcileLoop(service: LeaseService, loop: any EventLoop, interval: Duration?, notifier: SystemdNotifier,
+                              watchdog: SystemdWatchdog?) async throws {
+        let clock = ContinuousClock()
+        var status = await service.statusLine()
+        notifier.ready(status: status)
+        let pingEvery = watchdog?.pingInterval
+        let tick = [interval, pingEvery].compactMap { $0 }.min() ?? .seconds(1)
+        if pingEvery != nil { notifier.watchdog() }
+        var nextReconcile = interval.map { clock.now + $0 }
+        var lastPing = clock.now
+        while !Task.isCancelled {
+            try await sleep(tick, on: loop)
+            if let interval, let next = nextReconcile, clock.now >= next {
+                await service.periodic()
+                nextReconcile = clock.now + interval
+            }
+            guard notifier.isEnabled else { continue }
+            // The awaited call runs on the service's executor: it returns only while the service
+            // is processing, so a hung service stops the pings.
+            let line = await service.statusLine()
+            if line != status {
+                status = line
+                notifier.status(line)
+            }
+            if let pingEvery, clock.now - lastPing >= pingEvery - tick {
+                notifier.watchdog()
+                lastPing = clock.now
+            }
+        }
+    }
+
+    /// Sleeps for `duration` on a timer of `loop`; throws `CancellationError` when cancelled.
+    static func sleep(_ duration: Duration, on loop: any EventLoop) async throws {
+        let c = duration.components
+        let scheduled = loop.scheduleTask(in: .nanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)) {}
+        do {
+            try await withTaskCancellationHandler {
+                try await scheduled.futureResult.get()
+            } onCancel: {
+                scheduled.cancel()
+            }
+        } catch {
+            throw CancellationError()
+        }
+    }
+
     func stop() async {
         await service.stop(flush: config.flushOnExit)
         await server.shutdown()
@@ -89,6 +162,16 @@ public final class AgentRuntime: Sendable {
 }
 
 extension LeaseService {
+    /// The one-line state for systemd's `STATUS=`: "serving 3 leases on 1 enforcement point",
+    /// plus the points waiting for a resync. O(points).
+    public func statusLine() -> String {
+        let n = table.liveCount
+        var line = "serving \(n) lease\(n == 1 ? "" : "s") on \(points.count) enforcement point\(points.count == 1 ? "" : "s")"
+        let behind = points.filter { $0.value.needsResync }.map(\.key).sorted()
+        if !behind.isEmpty { line += "; kernel resync pending at \(behind.joined(separator: ", "))" }
+        return line
+    }
+
     /// Background duty: end anything due (should the timer have been missed), retry a failed
     /// reconcile, and let each backend do its deferred housekeeping.
     public func periodic() {

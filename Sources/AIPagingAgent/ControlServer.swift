@@ -25,7 +25,15 @@ public struct ServerLimits: Sendable {
 /// by systemd (socket activation).
 public struct ListeningSocket: Sendable {
     public var fd: Int32
+    /// The socket file the agent created and removes when it stops; nil for a socket it was
+    /// handed (socket activation), whose file belongs to systemd.
     public var path: String?
+
+    /// Wraps an already-listening socket; the server takes ownership of `fd`.
+    public init(fd: Int32, path: String?) {
+        self.fd = fd
+        self.path = path
+    }
 
     /// Creates `path` as a listening stream socket with mode `mode` (0600 by default), owned by
     /// `group` if given. The umask is tightened around bind() so the socket is never more open

@@ -13,6 +13,7 @@ import Glibc
 /// Owned by the lease service and used from its executor only.
 public final class KernelBackend: EnforcementBackend {
     public let location: String
+    let namespace: NetworkNamespace
     let nft: NFTablesSocket
     let route: RouteSocket
     let tc: TrafficControl
@@ -26,6 +27,7 @@ public final class KernelBackend: EnforcementBackend {
 
     public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
         let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
+        namespace = ns
         location = point.netns.map { "netns \($0)" } ?? "the agent's network namespace"
         nft = try NFTablesSocket(namespace: ns)
         route = try RouteSocket(namespace: ns)
@@ -131,7 +133,13 @@ public final class KernelBackend: EnforcementBackend {
                 let name = try route.interfaceName(index: ifindex)
                 ifindexCache[name] = ifindex
                 let rootClasses = try tc.classes(ifindex: ifindex, qdisc: AIPagingHTB.rootQdisc)
-                let capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                var capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                // A skeleton missing its best-effort class or its eBPF classifier (drift) reads
+                // as capacity 0: the plan then re-ensures the skeleton, which puts them back.
+                let classified = try tc.filters(ifindex: ifindex, parent: AIPagingHTB.rootQdisc).contains { $0.isAIPagingFilter }
+                if !classified || !rootClasses.contains(where: { $0.handle == AIPagingHTB.bestEffortClass }) {
+                    capacity = 0
+                }
                 var iface = KernelState.Interface(capacityKbit: capacity)
                 for c in rootClasses where c.handle.major == Layout.rootMajor && AIPagingHTB.groupRange.contains(c.handle.minor) {
                     let major = c.handle.minor
@@ -188,6 +196,16 @@ public final class KernelBackend: EnforcementBackend {
 
     public func maintenance() {
         if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
+    }
+
+    /// Subscribes to the namespace's nftables and tc notifications, ignoring those caused by
+    /// this backend's own nftables and rtnetlink sockets (their port ids).
+    public func watchForeignChanges(_ onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) throws(EnforcementError) -> KernelChangeMonitor? {
+        do {
+            return try KernelChangeMonitor(namespace: namespace, ignoring: [nft.portID, route.portID], onChange: onChange)
+        } catch {
+            throw Self.fail("watching \(location) for changes by other processes", error)
+        }
     }
 
     // MARK: helpers

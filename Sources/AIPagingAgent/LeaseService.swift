@@ -1,4 +1,5 @@
 import AIPagingCore
+import AIPagingKernel
 import Logging
 import NIOCore
 import NIOPosix
@@ -44,6 +45,11 @@ public actor LeaseService {
         let backend: any EnforcementBackend
         var applied = KernelState()
         var needsResync = true
+        /// Verify (and rebuild if needed) the nftables schema before the next resync: set when
+        /// someone else touched the table itself, or a resync failed.
+        var needsPrepare = false
+        /// Why the next resync runs (for its log line): start, drift, a failed apply, ...
+        var resyncReason: String?
         var routeCache: [IPAddress: (String, BootInstant)] = [:]
     }
 
@@ -52,6 +58,8 @@ public actor LeaseService {
         case revoke(LeaseID, CheckedContinuation<Lease, any Error>)
         case tick
         case resync
+        /// Resync the points marked `needsResync` (drift repair); no other point.
+        case repair
     }
 
     public private(set) var table: LeaseTable
@@ -71,6 +79,8 @@ public actor LeaseService {
     /// A flush of `pending` is queued on the loop (requests arriving meanwhile join its batch).
     var flushScheduled = false
     var stopped = false
+    /// Monitors of foreign kernel changes, one per enforcement point (`startWatching`).
+    var monitors: [KernelChangeMonitor] = []
     /// Called with the earliest deadline after every batch (the timerfd arms itself there).
     var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
     public private(set) var stats = Stats()
@@ -86,6 +96,8 @@ public actor LeaseService {
         public var drained = 0
         public var resyncs = 0
         public var repairs = 0
+        /// Reports of kernel changes made by another process (drift), each followed by a resync.
+        public var driftReports = 0
         public var batches = 0
         public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
@@ -177,8 +189,55 @@ public actor LeaseService {
 
     /// Forces a full reconcile of every enforcement point (start, drift, after failures).
     public func requestResync() {
-        for k in points.keys { points[k]!.needsResync = true }
+        for k in points.keys {
+            points[k]!.needsResync = true
+            points[k]!.resyncReason = points[k]!.resyncReason ?? "requested"
+        }
         enqueue(.resync)
+    }
+
+    // MARK: drift
+
+    /// Starts watching every enforcement point's kernel for changes made by other processes
+    /// (see `KernelChangeMonitor`): each report is logged and followed by a resync of that point
+    /// alone, which puts back what was altered or deleted and removes what was added without a
+    /// lease. The agent's own changes are never reported. Returns the points that could not be
+    /// watched, with the reason (the agent still enforces there; only drift repair is missing).
+    @discardableResult
+    public func startWatching() -> [String: EnforcementError] {
+        var failed: [String: EnforcementError] = [:]
+        for name in points.keys.sorted() {
+            do {
+                if let m = try points[name]!.backend.watchForeignChanges({ [self] report in self.kernelChanged(name, report) }) {
+                    monitors.append(m)
+                }
+            } catch {
+                failed[name] = error
+                logger.error("cannot watch the kernel for changes by other processes; drift will not be repaired until the next restart",
+                             metadata: ["point": "\(name)", "error": "\(error.message)"])
+            }
+        }
+        return failed
+    }
+
+    /// Called by a monitor thread: hands the report to the service's loop.
+    nonisolated func kernelChanged(_ point: String, _ report: KernelChangeMonitor.Report) {
+        loop.execute { [self] in self.assumeIsolated { $0.repairDrift(point, report) } }
+    }
+
+    func repairDrift(_ point: String, _ report: KernelChangeMonitor.Report) {
+        guard !stopped, points[point] != nil else { return }
+        stats.driftReports += 1
+        var what = report.changes.map(\.description)
+        if report.count > report.changes.count { what.append("... \(report.count) notifications in all") }
+        if report.lost { what.append("notifications were lost (receive queue overrun)") }
+        var meta: Logger.Metadata = ["point": "\(point)", "changes": "\(what.joined(separator: "; "))"]
+        if !report.origins.isEmpty { meta["by"] = "\(report.origins.joined(separator: ","))" }
+        logger.warning("kernel state of the agent was changed by another process; repairing", metadata: meta)
+        points[point]!.needsResync = true
+        points[point]!.resyncReason = "drift"
+        if report.schema { points[point]!.needsPrepare = true }
+        enqueue(.repair)
     }
 
     public func lease(_ id: LeaseID) -> Lease? { table[id] }
@@ -213,6 +272,7 @@ public actor LeaseService {
             } catch {
                 throw EnforcementError(error.cause, "preparing \(name) (\(p.backend.location)): \(error.message)")
             }
+            points[name]!.resyncReason = "start"
             _ = resync(name)
             if points[name]!.needsResync {
                 throw EnforcementError(.enforcementFailed, "could not reconcile \(name) (\(p.backend.location)) at start")
@@ -224,6 +284,8 @@ public actor LeaseService {
     /// Stops the run loop; with `flush`, removes every piece of the agent's kernel state.
     public func stop(flush: Bool) {
         stopped = true
+        for m in monitors { m.stop() }
+        monitors = []
         failPending(LeaseError(.shuttingDown, "the agent is stopping"))
         if flush {
             for name in points.keys.sorted() {
@@ -249,7 +311,7 @@ public actor LeaseService {
             switch w {
             case .commit(_, let c): c.resume(throwing: e)
             case .revoke(_, let c): c.resume(throwing: e)
-            case .tick, .resync: break
+            case .tick, .resync, .repair: break
             }
         }
     }
@@ -319,6 +381,8 @@ public actor LeaseService {
                 }
             case .resync:
                 wantResync = true
+            case .repair:
+                break   // the points to repair are marked needsResync
             }
         }
 
@@ -525,17 +589,24 @@ public actor LeaseService {
         } catch {
             logger.error("kernel apply failed; resyncing", metadata: ["point": "\(name)", "error": "\(error.message)"])
             points[name]!.needsResync = true
+            points[name]!.resyncReason = "a failed apply"
             return error
         }
     }
 
     /// Reads the kernel back and makes it match the lease table completely. Returns the number
-    /// of repairs (changes) it had to make.
+    /// of repairs (changes) it had to make; logs each of them (up to a dozen) with the reason.
     @discardableResult
     func resync(_ name: String) -> Int {
         let p = points[name]!
         stats.resyncs += 1
+        let reason = p.resyncReason ?? "resync"
+        points[name]!.resyncReason = nil
         do {
+            if p.needsPrepare {
+                try p.backend.prepare()
+                points[name]!.needsPrepare = false
+            }
             let observed = try p.backend.observe()
             // Read-back deadlines are lower bounds (read time + remaining, rounded to jiffies):
             // an element is accepted from the dump's skew + 20 ms early to 10 ms late.
@@ -548,21 +619,25 @@ public actor LeaseService {
             applied.merge(scope: scope, result: plan.result)
             points[name]!.applied = applied
             points[name]!.needsResync = false
-            let changes = plan.nft.count + plan.tcBefore.count + plan.tcAfter.count
+            let changes = plan.changeCount
             if changes > 0 {
                 stats.repairs += changes
-                var kinds: [String: Int] = [:]
-                for c in plan.nft { kinds["\(c)".prefix(while: { $0 != "(" }).description, default: 0] += 1 }
-                for c in plan.tcBefore + plan.tcAfter { kinds["\(c)".prefix(while: { $0 != "(" }).description, default: 0] += 1 }
-                logger.notice("reconciled kernel with leases", metadata: [
-                    "point": "\(name)", "changes": "\(changes)",
-                    "kinds": "\(kinds.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))",
-                ])
+                let byMark = table.index(name)?.byMark ?? [:]
+                let all = plan.describedChanges { byMark[$0] }
+                // A start-up reconcile may change thousands of elements: log the first ones.
+                let lines = all.count > 20 ? Array(all.prefix(20)) + ["… \(all.count - 20) more"] : all
+                logger.notice(reason == "drift" ? "repaired kernel drift" : "reconciled kernel with leases",
+                              metadata: ["point": "\(name)", "reason": "\(reason)", "changes": "\(changes)",
+                                         "repairs": "\(lines.joined(separator: "; "))"])
+            } else if reason == "drift" {
+                logger.info("kernel drift needed no repair", metadata: ["point": "\(name)"])
             }
             return changes
         } catch {
             points[name]!.needsResync = true
-            logger.error("resync failed", metadata: ["point": "\(name)", "error": "\(error)"])
+            points[name]!.needsPrepare = true
+            points[name]!.resyncReason = reason
+            logger.error("resync failed; retrying with the next reconcile", metadata: ["point": "\(name)", "reason": "\(reason)", "error": "\(error)"])
             return 0
         }
     }

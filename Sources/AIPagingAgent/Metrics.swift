@@ -31,6 +31,7 @@ public struct MetricsRenderer: Sendable {
                service.rejectionCounts.sorted { $0.key.rawValue < $1.key.rawValue }.map { ("cause=\"\($0.key.rawValue)\"", Double($0.value)) })
         metric("aipaging_resyncs_total", "counter", "Full reconciles of an enforcement point with the kernel.", [("", Double(s.stats.resyncs))])
         metric("aipaging_repairs_total", "counter", "Kernel changes made by reconciles to repair drift.", [("", Double(s.stats.repairs))])
+        metric("aipaging_kernel_drift_total", "counter", "Reports of changes to the agent's kernel state by other processes (each repaired by a resync).", [("", Double(s.stats.driftReports))])
         metric("aipaging_batches_total", "counter", "Batches of changes applied.", [("", Double(s.stats.batches))])
         for p in s.points {
             let l = "point=\"\(p.config.name)\""
