@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A receiver for sequence-numbered UDP streams (lab only): logs "<epoch_us> <seq>" for every
-datagram "seq N ..." it gets, so loss, duplicates and gaps can be computed across anchors.
+datagram "seq N ..." it gets, so loss, duplicates and gaps can be computed across anchors; with
+"<epoch_us> <seq> <sent_us>" when the datagram carries its send time ("seq N SENT_US", as
+flow.py seqstream sends), so the path's own delay can be told from the sender's jitter.
   udp-sink.py PORT OUTFILE     (IPv4 and IPv6, runs until killed)"""
 import os, socket, sys, threading
 os.closerange(3, 1024)
@@ -20,8 +22,9 @@ def serve(family, addr):
         t = time.time_ns() // 1000
         parts = data.split(b" ")
         if len(parts) >= 2 and parts[0] == b"seq":
+            sent = parts[2].decode() if len(parts) >= 3 and parts[2].isdigit() else None
             with lock:
-                out.write("%d %s\n" % (t, parts[1].decode()))
+                out.write("%d %s %s\n" % (t, parts[1].decode(), sent) if sent else "%d %s\n" % (t, parts[1].decode()))
 
 threads = [threading.Thread(target=serve, args=a, daemon=True) for a in [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]]
 for t in threads: t.start()

@@ -26,6 +26,8 @@ public struct CommitOutcome: Sendable {
     public var relocated: Lease?
     /// When the kernel transaction that made the lease effective committed.
     public var switchedAt: ClockReading
+    /// From the request's admission to that commit (for a relocation: the atomic switch).
+    public var installNanoseconds: UInt64 = 0
 }
 
 /// The one place leases change. Every mutation (commit, revoke, expiry, drain end, resync)
@@ -539,8 +541,10 @@ public actor LeaseService {
         let lease = table[id]!
         deadlines.push(lease.nextDeadline, id)
         if let r = relocated { deadlines.push(r.nextDeadline, r.id) }
-        stats.installLatencies.record(nanoseconds: c.admission.lease.admittedAt.boot.nanoseconds(until: done.boot))
-        c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done))
+        let installNs = c.admission.lease.admittedAt.boot.nanoseconds(until: done.boot)
+        stats.installLatencies.record(nanoseconds: installNs)
+        c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done,
+                                                       installNanoseconds: installNs))
     }
 
     func reject(_ e: LeaseError) { recordRejection(e.cause) }

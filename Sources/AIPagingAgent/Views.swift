@@ -42,6 +42,7 @@ enum Views {
         case .relocation: o["result"] = "relocated"
         }
         o["switched_at"] = .string(c.switchedAt.wall.rfc3339)
+        o["install_us"] = .int(Int64(c.installNanoseconds / 1000))
         if let r = c.relocated {
             o["relocated"] = lease(r, now: now)
             if let end = r.drainEndsAt { o["drain_ends_at"] = .string(now.wall(at: end).rfc3339) }

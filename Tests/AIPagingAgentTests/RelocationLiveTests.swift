@@ -29,7 +29,7 @@ import Testing
                 let text = (try? String(contentsOfFile: "\(dir)/\(anchor).log", encoding: .utf8)) ?? ""
                 for line in text.split(separator: "\n") {
                     let p = line.split(separator: " ")
-                    if p.count == 2, let t = Int64(p[0]), let s = Int(p[1]) { out.append((t, s, anchor)) }
+                    if p.count >= 2, let t = Int64(p[0]), let s = Int(p[1]) { out.append((t, s, anchor)) }
                 }
             }
             return out.sorted { $0.0 < $1.0 }
