@@ -298,6 +298,16 @@ func steeredAfterDeadline(_ tag: Int) -> (Int, Int) {
     return (after, afterTotal)
 }
 
+/// CPU time of the agent process so far (user + system, every thread), from /proc.
+func agentCPUSeconds() -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(agentProc.processIdentifier)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return 0 }
+    let f = text[text.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3, utime 14, stime 15 (1-based) -> indexes 11, 12 here.
+    guard f.count > 12, let u = Double(f[11]), let s = Double(f[12]) else { return 0 }
+    return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 // MARK: run
 
 struct Row {
@@ -305,6 +315,9 @@ struct Row {
     var installP50 = 0.0, installP99 = 0.0, revokeP50 = 0.0, revokeP99 = 0.0
     var throughput = 0.0
     var batched = 0.0
+    /// Agent CPU (user + system, all threads) per lease admitted one PUT each, µs, and how busy
+    /// the agent was meanwhile (% of one core).
+    var cpuPerLeaseUs = 0.0, cpuBusy = 0.0
     var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
     var rss = 0.0
     var naiveInstall = Double.nan, naiveRemove = Double.nan
@@ -327,9 +340,13 @@ for level in opt.levels {
     // Per-request admission: 64 clients, one PUT per lease, then revoked again.
     do {
         let lo = 5_000_000 + level * 10, n = 4000
+        let cpu0 = agentCPUSeconds()
         let (secs, fails) = concurrentKeepAlive(lo..<(lo + n), clients: opt.clients) { putOn($0, $1) }
+        let cpu = agentCPUSeconds() - cpu0
         precondition(fails == 0, "\(fails) PUTs failed")
         row.throughput = Double(n) / secs
+        row.cpuPerLeaseUs = cpu / Double(n) * 1e6
+        row.cpuBusy = cpu / secs * 100
         _ = concurrentKeepAlive(lo..<(lo + n), clients: opt.clients) { c, i in (try? c.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
     }
     // Single install + revoke latency at `level` active leases.
@@ -378,18 +395,18 @@ for level in opt.levels {
     }
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
-          + "admission \(f(row.throughput, 0))/s per request, \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
+          + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
           + "RSS \(f(row.rss, 1)) MB; naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }
 
 say("")
-say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | expiry lateness p50 / p99 / max (ms) | agent RSS (MB) | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
-say("| ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms) | agent RSS (MB) | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |")
 for r in rows {
     let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
     let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
-    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
 }
 let stopStart = now()
 cleanup()
