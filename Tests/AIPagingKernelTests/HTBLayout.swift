@@ -1,7 +1,12 @@
+@testable import AIPagingKernel
 #if canImport(Glibc)
 import Glibc
 #endif
 
+/// A test driver for the two-level HTB layout (the agent itself allocates classes in the pure core,
+/// `LeaseTable`, and applies them through the planner): the kernel tests and benchmarks use it to
+/// build group/leaf layouts directly with `TrafficControl`.
+///
 /// Bookkeeping of the two-level layout on one interface: which group holds which lease, which
 /// leaf ids are free, each group's rate (the sum of its leaves). Pure value type: it touches no
 /// kernel state; it returns the `TCOperation`s to hand to `TrafficControl.perform(ifindex:_:)`.
