@@ -1,0 +1,658 @@
+import AIPagingCore
+import AIPagingKernel
+import CAIPagingShim
+import Foundation
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the exporter measures one enforcement point.
+public struct EvidencePoint: Sendable {
+    public var name: String
+    /// The point's namespace: probe sockets and the counter-reading nftables socket are opened
+    /// there. Nil: the point has no kernel (the in-memory test backend): no probes, no counters.
+    public var namespace: NetworkNamespace?
+    public init(name: String, namespace: NetworkNamespace?) {
+        self.name = name
+        self.namespace = namespace
+    }
+}
+
+/// Measures every live lease and writes its EVI window records, on one thread of its own (never
+/// the agent's event loop): a STAMP session per lease (probes sent through the lease's HTB class
+/// to the anchor's reflector), the lease's nftables counters (one batched dump per point and read),
+/// and at each window's end plus the probe timeout one window record per lease.
+///
+/// Leases come in through `observe(_:lease:)`, which the lease service calls for every lifecycle
+/// event (cheap: a queue append, and an eventfd write when the queue was empty).
+public final class EvidenceExporter: Sendable {
+    enum Command: Sendable {
+        case upsert(Lease)
+        case end(Lease, LifecycleEvent.Kind, WallTime)
+    }
+
+    struct Inbox: Sendable {
+        var commands: [Command] = []
+        var stopping = false
+    }
+
+    /// Live figures for /v1/status and /metrics.
+    public struct Stats: Sendable {
+        public var sessions = 0
+        public var probing = 0
+        public var probesSent: UInt64 = 0
+        public var probesReceived: UInt64 = 0
+        public var windows: UInt64 = 0
+        public var counterReads: UInt64 = 0
+        public var lastError: String?
+        public var priorityMode = "cmsg"
+    }
+
+    let settings: EvidenceSettings
+    let points: [EvidencePoint]
+    let log: EvidenceLog
+    let metrics: AgentMetrics?
+    let logger: Logger
+    let inbox = Mutex(Inbox())
+    let stats = Mutex(Stats())
+    let wakeFD: Int32
+    let finished = DispatchSemaphore(value: 0)
+    let started = Atomic<Bool>(false)
+
+    public init(settings: EvidenceSettings, points: [EvidencePoint], log: EvidenceLog, metrics: AgentMetrics?, logger: Logger) {
+        self.settings = settings
+        self.points = points
+        self.log = log
+        self.metrics = metrics
+        self.logger = logger
+        wakeFD = aip_eventfd()
+    }
+
+    deinit { if wakeFD >= 0 { close(wakeFD) } }
+
+    /// Starts the measurement thread with `initial` leases (those live at start).
+    public func start(initial: [Lease]) {
+        guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        inbox.withLock { $0.commands = initial.map { .upsert($0) } + $0.commands }
+        let this = self
+        Thread.detachNewThread {
+            let loop = ExporterLoop(this)
+            loop.run()
+            this.finished.signal()
+        }
+    }
+
+    /// Called by the lease service for every lifecycle event, on its thread: only queues.
+    public func observe(_ e: LifecycleEvent, lease: Lease) {
+        let cmd: Command
+        switch e.kind {
+        case .admitted, .switched, .renewed: cmd = .upsert(lease)
+        case .drained, .expired, .revoked: cmd = .end(lease, e.kind, e.wall)
+        case .repaired: return
+        }
+        let signal = inbox.withLock { i -> Bool in
+            guard !i.stopping else { return false }
+            let wasEmpty = i.commands.isEmpty
+            i.commands.append(cmd)
+            return wasEmpty
+        }
+        if signal { _ = aip_eventfd_signal(wakeFD) }
+    }
+
+    /// Ends measurement: every live lease gets its last (partial) window record; blocks until the
+    /// thread has queued them.
+    public func stop() {
+        inbox.withLock { $0.stopping = true }
+        _ = aip_eventfd_signal(wakeFD)
+        if started.load(ordering: .acquiring) { finished.wait() }
+    }
+
+    public var currentStats: Stats { stats.withLock { $0 } }
+}
+
+/// The exporter's thread-confined state and loop. Created on, and only used by, the exporter
+/// thread.
+final class ExporterLoop {
+    let owner: EvidenceExporter
+    let settings: EvidenceSettings
+    let windowNs: Int64
+    let intervalNs: Int64
+    let timeoutNs: Int64
+    let tickNs: Int64
+
+    final class Session {
+        var lease: Lease
+        let point: String
+        let family: IPAddress.Family
+        var ssid: UInt16 = 0
+        var ledger: ProbeLedger
+        var nextSendNs: Int64
+        let startNs: Int64
+        var endNs: Int64?
+        var endKind: LifecycleEvent.Kind?
+        var finalizeAtNs: Int64?
+        /// Windows emitted up to (inclusive).
+        var emittedThrough: Int64
+        /// Counters as last read (cumulative kernel values) and per-window deltas.
+        var last = FlowCounters()
+        var haveBaseline = false
+        var deltas: [Int64: FlowCounters] = [:]
+        var resets: Set<Int64> = []
+        var countersAsOf: [Int64: Int64] = [:]
+        var preExpiryDone = false
+
+        init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, firstSend: Int64, window: Int64) {
+            self.lease = lease
+            self.point = point
+            family = lease.request.anchor.address.family
+            self.ledger = ledger
+            self.startNs = startNs
+            nextSendNs = firstSend
+            emittedThrough = window - 1
+        }
+    }
+
+    struct PointIO {
+        var nft: NFTablesSocket?
+        var v4: UDPBatchSocket?
+        var v6: UDPBatchSocket?
+        var freeSSIDs: [IPAddress.Family: [UInt16]] = [.ipv4: [], .ipv6: []]
+        var nextSSID: [IPAddress.Family: UInt32] = [.ipv4: 1, .ipv6: 1]
+        /// Sockets per priority when the kernel does not take SO_PRIORITY per datagram.
+        var perPriority: [UInt64: UDPBatchSocket] = [:]
+    }
+
+    var sessions: [LeaseID: Session] = [:]
+    /// (point, family, ssid) -> lease id of the probing session.
+    var bySSID: [String: [IPAddress.Family: [UInt16: LeaseID]]] = [:]
+    /// (point, mark) -> lease id whose counters the mark's elements are.
+    var byMark: [String: [UInt32: LeaseID]] = [:]
+    var io: [String: PointIO] = [:]
+    var perDatagramPriority = true
+    var nextBoundaryNs: Int64
+    var nextCounterReadNs: Int64
+    /// Windows to finalize: (when, window index).
+    var pendingFinalize: [(Int64, Int64)] = []
+    var errorEstimate = STAMPErrorEstimate.systemClock()
+    var lastEstimateNs: Int64 = 0
+    var sendBuffer: [UInt8] = []
+    var outgoing: [String: [IPAddress.Family: [(UDPBatchSocket.Outgoing, LeaseID, UInt32)]]] = [:]
+
+    init(_ owner: EvidenceExporter) {
+        self.owner = owner
+        settings = owner.settings
+        windowNs = Int64(settings.windowMs) * 1_000_000
+        intervalNs = Int64(settings.probeIntervalMs) * 1_000_000
+        timeoutNs = Int64(settings.probeTimeoutMs) * 1_000_000
+        tickNs = max(1_000_000, min(5_000_000, intervalNs / 2))
+        let now = realtimeNanoseconds()
+        nextBoundaryNs = (now / windowNs + 1) * windowNs
+        nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+        for p in owner.points {
+            var pio = PointIO()
+            if let ns = p.namespace {
+                do {
+                    pio.nft = try NFTablesSocket(namespace: ns)
+                } catch {
+                    note("cannot open an nftables socket in \(ns) for counters: \(error)")
+                }
+                if settings.probeIntervalMs > 0 {
+                    do {
+                        pio.v4 = try UDPBatchSocket(family: .ipv4, namespace: ns)
+                        pio.v6 = try UDPBatchSocket(family: .ipv6, namespace: ns)
+                        try pio.v4?.enableSendTimestamps()
+                        try pio.v6?.enableSendTimestamps()
+                    } catch {
+                        note("cannot open probe sockets in \(ns): \(error)")
+                    }
+                }
+            }
+            io[p.name] = pio
+        }
+    }
+
+    func note(_ message: String) {
+        owner.logger.warning("evidence: \(message)")
+        owner.stats.withLock { $0.lastError = message }
+    }
+
+    // MARK: loop
+
+    func run() {
+        var pfds: [pollfd] = []
+        var pollOwners: [(String, IPAddress.Family)] = []
+        pfds.append(pollfd(fd: owner.wakeFD, events: Int16(POLLIN), revents: 0))
+        for name in io.keys.sorted() {
+            if let s = io[name]!.v4 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); pollOwners.append((name, .ipv4)) }
+            if let s = io[name]!.v6 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); pollOwners.append((name, .ipv6)) }
+        }
+        while true {
+            let stopping = drainInbox()
+            var now = realtimeNanoseconds()
+            if stopping {
+                finishAll(at: now)
+                return
+            }
+            if now - lastEstimateNs > 10_000_000_000 {
+                errorEstimate = STAMPErrorEstimate.systemClock()
+                lastEstimateNs = now
+            }
+            sendDueProbes(now: now)
+            if now >= nextBoundaryNs {
+                readCounters(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
+                pendingFinalize.append((nextBoundaryNs + timeoutNs, nextBoundaryNs / windowNs - 1))
+                nextBoundaryNs += windowNs
+                if nextBoundaryNs <= now { nextBoundaryNs = (now / windowNs + 1) * windowNs }
+                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+            } else if now >= nextCounterReadNs || preExpiryDue(now: now) {
+                readCounters(attributeTo: now / windowNs, now: now)
+                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+            }
+            now = realtimeNanoseconds()
+            runFinalizations(now: now)
+
+            // Sleep until the next thing to do (sends are grouped in ticks).
+            var next = min(nextBoundaryNs, nextCounterReadNs)
+            if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
+            for s in sessions.values {
+                if let f = s.finalizeAtNs { next = min(next, f) }
+            }
+            if let firstSend = nextSendDue() { next = min(next, firstSend + tickNs) }
+            let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
+            for i in pfds.indices { pfds[i].revents = 0 }
+            let r = poll(&pfds, nfds_t(pfds.count), waitMs)
+            if r > 0 {
+                if pfds[0].revents != 0 { aip_eventfd_drain(owner.wakeFD) }
+                for (i, (point, fam)) in pollOwners.enumerated() where pfds[i + 1].revents & Int16(POLLIN) != 0 {
+                    receive(point: point, family: fam)
+                }
+            }
+        }
+    }
+
+    func nextSendDue() -> Int64? {
+        guard settings.probeIntervalMs > 0 else { return nil }
+        var m: Int64?
+        for s in sessions.values where s.endNs == nil && s.ssid != 0 {
+            m = min(m ?? s.nextSendNs, s.nextSendNs)
+        }
+        return m
+    }
+
+    /// Applies queued lease changes; true when the exporter is stopping.
+    func drainInbox() -> Bool {
+        let (cmds, stopping) = owner.inbox.withLock { i -> ([EvidenceExporter.Command], Bool) in
+            let c = i.commands
+            i.commands = []
+            return (c, i.stopping)
+        }
+        guard !cmds.isEmpty else { return stopping }
+        let now = realtimeNanoseconds()
+        for c in cmds {
+            switch c {
+            case .upsert(let lease): upsert(lease, now: now)
+            case .end(let lease, let kind, let at): end(lease, kind, at: at.nanosecondsSinceEpoch, now: now)
+            }
+        }
+        owner.stats.withLock {
+            $0.sessions = sessions.count
+            $0.probing = sessions.values.filter { $0.ssid != 0 && $0.endNs == nil }.count
+            $0.priorityMode = perDatagramPriority ? "cmsg" : "socket-per-class"
+        }
+        return stopping
+    }
+
+    func upsert(_ lease: Lease, now: Int64) {
+        if let s = sessions[lease.id] {
+            // Renewal: new deadline, maybe new rates (the class stays); a delete+add of the qos
+            // elements resets their counters, which the next read detects.
+            if s.endNs == nil {
+                s.lease = lease
+                s.preExpiryDone = false
+            }
+            return
+        }
+        let point = lease.enforcementPoint
+        guard io[point] != nil else { return }
+        let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) * 2 + 64
+        let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: settings.probeIntervalMs > 0 ? cap : 1)
+        var h: UInt64 = 1469598103934665603
+        for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
+        let phase = intervalNs > 0 ? Int64(h % UInt64(intervalNs)) : 0
+        let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, firstSend: now + phase, window: now / windowNs)
+        if settings.probeIntervalMs > 0, socket(point, s.family) != nil, let ssid = allocateSSID(point, s.family) {
+            s.ssid = ssid
+            bySSID[point, default: [:]][s.family, default: [:]][ssid] = lease.id
+        }
+        sessions[lease.id] = s
+        byMark[point, default: [:]][lease.mark] = lease.id
+    }
+
+    func end(_ lease: Lease, _ kind: LifecycleEvent.Kind, at: Int64, now: Int64) {
+        guard let s = sessions[lease.id], s.endNs == nil else { return }
+        s.endNs = max(at, s.startNs)
+        s.endKind = kind
+        s.finalizeAtNs = now + timeoutNs
+        if byMark[s.point]?[lease.mark] == lease.id { byMark[s.point]?[lease.mark] = nil }
+    }
+
+    func socket(_ point: String, _ family: IPAddress.Family) -> UDPBatchSocket? {
+        family == .ipv4 ? io[point]?.v4 : io[point]?.v6
+    }
+
+    func allocateSSID(_ point: String, _ family: IPAddress.Family) -> UInt16? {
+        if let s = io[point]!.freeSSIDs[family]!.popLast() { return s }
+        let n = io[point]!.nextSSID[family]!
+        guard n <= 0xFFFF else {
+            note("more than 65535 probe sessions on one socket at \(point): further leases are not probed")
+            return nil
+        }
+        io[point]!.nextSSID[family] = n + 1
+        return UInt16(n)
+    }
+
+    func releaseSSID(_ s: Session) {
+        guard s.ssid != 0 else { return }
+        bySSID[s.point]?[s.family]?[s.ssid] = nil
+        io[s.point]?.freeSSIDs[s.family]?.append(s.ssid)
+        s.ssid = 0
+    }
+
+    // MARK: probes
+
+    func sendDueProbes(now: Int64) {
+        guard settings.probeIntervalMs > 0 else { return }
+        let horizon = now + tickNs
+        sendBuffer.removeAll(keepingCapacity: true)
+        for k in outgoing.keys { for f in outgoing[k]!.keys { outgoing[k]![f]!.removeAll(keepingCapacity: true) } }
+        let t1 = NTPTimestamp(unixNanoseconds: now)
+        let window = now / windowNs
+        var packet = [UInt8](repeating: 0, count: STAMPSenderPacket.length)
+        var any = false
+        for s in sessions.values where s.endNs == nil && s.ssid != 0 && s.nextSendNs <= horizon {
+            let seq = s.ledger.send(at: now, window: window)
+            STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
+            let item = UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.lease.request.anchor.address,
+                                               port: settings.probePort, priority: s.lease.qosClass.classid)
+            sendBuffer += packet
+            outgoing[s.point, default: [:]][s.family, default: []].append((item, s.lease.id, seq))
+            s.nextSendNs += intervalNs
+            if s.nextSendNs < now { s.nextSendNs = now + intervalNs }
+            any = true
+        }
+        guard any else { return }
+        var sent = 0
+        for (point, byFamily) in outgoing {
+            for (fam, items) in byFamily where !items.isEmpty {
+                guard let sock = socket(point, fam) else { continue }
+                // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
+                // (before the lease's HTB class); without one, the time just before the send call.
+                let before = realtimeNanoseconds()
+                for (_, id, seq) in items { sessions[id]?.ledger.correctSendTime(seq, to: before) }
+                let n = sendItems(point, sock, items.map(\.0))
+                if perDatagramPriority && sock.sendTimestamps {
+                    var stamps: [(UInt32, Int64)] = []
+                    sock.readSendTimestamps { stamps.append(($0, $1)) }
+                    let order = sock.lastSent
+                    if stamps.count == order.count {
+                        stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
+                        for (k, i) in order.enumerated() where i < items.count {
+                            sessions[items[i].1]?.ledger.correctSendTime(items[i].2, to: stamps[k].1)
+                        }
+                    }
+                }
+                sent += n
+            }
+        }
+        owner.stats.withLock { $0.probesSent += UInt64(sent) }
+    }
+
+    /// Sends with per-datagram priorities, or, on a kernel without SO_PRIORITY control messages,
+    /// through one socket per priority.
+    func sendItems(_ point: String, _ sock: UDPBatchSocket, _ items: [UDPBatchSocket.Outgoing]) -> Int {
+        if perDatagramPriority {
+            do {
+                return try sock.send(items, buffer: sendBuffer)
+            } catch where error.errno == EINVAL {
+                perDatagramPriority = false
+                note("the kernel does not take SO_PRIORITY per datagram; using one probe socket per QoS class")
+            } catch {
+                note("sending probes at \(point): \(error)")
+                return 0
+            }
+        }
+        // Fallback: group by priority; each group through its own socket (bound to the shared
+        // socket's port is not possible, so each class's probes come from a port of their own).
+        var n = 0
+        var groups: [UInt32: [UDPBatchSocket.Outgoing]] = [:]
+        for it in items { groups[it.priority ?? 0, default: []].append(it) }
+        for (prio, group) in groups {
+            let key = UInt64(prio) << 1 | (sock.family == .ipv6 ? 1 : 0)
+            var s = io[point]?.perPriority[key]
+            if s == nil, let ns = owner.points.first(where: { $0.name == point })?.namespace {
+                s = try? UDPBatchSocket(family: sock.family, namespace: ns)
+                try? s?.setPriority(prio)
+                io[point]?.perPriority[key] = s
+            }
+            guard let s else { continue }
+            n += (try? s.send(group.map { var g = $0; g.priority = nil; return g }, buffer: sendBuffer)) ?? 0
+        }
+        return n
+    }
+
+    func receive(point: String, family: IPAddress.Family) {
+        guard let sock = socket(point, family) else { return }
+        let window = realtimeNanoseconds() / windowNs
+        var received = 0
+        let port = settings.probePort
+        do {
+            try sock.receive(max: 4096) { bytes, meta in
+                guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes),
+                      let id = bySSID[point]?[family]?[reply.ssid], let s = sessions[id],
+                      meta.address == s.lease.request.anchor.address else { return }
+                let t4 = meta.receiveNs != 0 ? meta.receiveNs : realtimeNanoseconds()
+                if case .delay = s.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
+            }
+        } catch {
+            note("receiving probe replies at \(point): \(error)")
+        }
+        if received > 0 { owner.stats.withLock { $0.probesReceived += UInt64(received) } }
+    }
+
+    // MARK: counters
+
+    func preExpiryDue(now: Int64) -> Bool {
+        let boot = Int64(aip_boottime_ns())
+        var due = false
+        for s in sessions.values where s.endNs == nil && !s.preExpiryDone {
+            // The kernel removes a lease's counters with its elements at the deadline: read just before.
+            let left = Int64(s.lease.deadline.nanoseconds) - boot
+            if left < 150_000_000 {
+                s.preExpiryDone = true
+                due = true
+            }
+        }
+        return due
+    }
+
+    /// One dump of the qos map per point; each live lease's delta goes to `window`.
+    func readCounters(attributeTo window: Int64, now: Int64) {
+        for (name, pio) in io {
+            guard let nft = pio.nft, let marks = byMark[name], !marks.isEmpty else { continue }
+            let elements: [NFTQoSElement]
+            do {
+                elements = try nft.listQoS()
+            } catch {
+                note("reading counters at \(name): \(error)")
+                continue
+            }
+            var current: [UInt32: FlowCounters] = [:]
+            for e in elements {
+                var c = current[e.mark] ?? FlowCounters()
+                if e.direction == .original {
+                    c.originalPackets = e.packets; c.originalBytes = e.bytes
+                } else {
+                    c.replyPackets = e.packets; c.replyBytes = e.bytes
+                }
+                current[e.mark] = c
+            }
+            for (mark, id) in marks {
+                guard let s = sessions[id], let c = current[mark] else { continue }
+                var d = FlowCounters()
+                if c.originalPackets < s.last.originalPackets || c.replyPackets < s.last.replyPackets
+                    || c.originalBytes < s.last.originalBytes || c.replyBytes < s.last.replyBytes {
+                    // The elements were replaced (renewal by delete+add): the counters restarted at 0.
+                    d = c
+                    s.resets.insert(window)
+                } else {
+                    d.originalPackets = c.originalPackets - s.last.originalPackets
+                    d.originalBytes = c.originalBytes - s.last.originalBytes
+                    d.replyPackets = c.replyPackets - s.last.replyPackets
+                    d.replyBytes = c.replyBytes - s.last.replyBytes
+                }
+                s.last = c
+                s.haveBaseline = true
+                var acc = s.deltas[window] ?? FlowCounters()
+                acc.originalPackets += d.originalPackets
+                acc.originalBytes += d.originalBytes
+                acc.replyPackets += d.replyPackets
+                acc.replyBytes += d.replyBytes
+                s.deltas[window] = acc
+                s.countersAsOf[window] = now
+            }
+        }
+        owner.stats.withLock { $0.counterReads += 1 }
+    }
+
+    // MARK: windows and records
+
+    func runFinalizations(now: Int64) {
+        var records: [EVIRecord] = []
+        let due = pendingFinalize.filter { $0.0 <= now }.map(\.1).sorted()
+        pendingFinalize.removeAll { $0.0 <= now }
+        for w in due {
+            for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) where w > s.emittedThrough {
+                if let end = s.endNs, w > end / windowNs { continue }
+                records.append(windowRecord(s, window: w, final: false))
+                s.emittedThrough = w
+            }
+        }
+        for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {
+            guard let f = s.finalizeAtNs, f <= now, let end = s.endNs else { continue }
+            records += finalRecords(s, end: end)
+        }
+        for s in sessions.values where s.finalizeAtNs.map({ $0 <= now }) ?? false { remove(s) }
+        if !records.isEmpty {
+            owner.log.append(records)
+            owner.stats.withLock { $0.windows += UInt64(records.count) }
+        }
+    }
+
+    func finalRecords(_ s: Session, end: Int64) -> [EVIRecord] {
+        var out: [EVIRecord] = []
+        let last = end / windowNs
+        var w = s.emittedThrough + 1
+        while w <= last {
+            out.append(windowRecord(s, window: w, final: w == last))
+            w += 1
+        }
+        s.emittedThrough = last
+        return out
+    }
+
+    func remove(_ s: Session) {
+        releaseSSID(s)
+        if byMark[s.point]?[s.lease.mark] == s.lease.id { byMark[s.point]?[s.lease.mark] = nil }
+        sessions[s.lease.id] = nil
+        if !sessions.values.contains(where: { $0.lease.aisi == s.lease.aisi }) { owner.metrics?.releaseAISI(s.lease.aisi) }
+    }
+
+    /// Every live lease's last window at stop; written before the log closes.
+    func finishAll(at now: Int64) {
+        readCounters(attributeTo: now / windowNs, now: now)
+        // Let replies in flight arrive (bounded: the probe timeout, at most 1 s).
+        let until = realtimeNanoseconds() + min(timeoutNs, 1_000_000_000)
+        while realtimeNanoseconds() < until {
+            var pfds: [pollfd] = []
+            var owners: [(String, IPAddress.Family)] = []
+            for (name, pio) in io {
+                if let s = pio.v4 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); owners.append((name, .ipv4)) }
+                if let s = pio.v6 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); owners.append((name, .ipv6)) }
+            }
+            guard !pfds.isEmpty, sessions.values.contains(where: { $0.ssid != 0 }) else { break }
+            if poll(&pfds, nfds_t(pfds.count), 50) <= 0 { break }
+            for (i, (p, f)) in owners.enumerated() where pfds[i].revents != 0 { receive(point: p, family: f) }
+        }
+        var records: [EVIRecord] = []
+        for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {
+            if s.endNs == nil {
+                s.endNs = now
+                s.endKind = nil
+            }
+            records += finalRecords(s, end: s.endNs!)
+        }
+        owner.log.append(records)
+    }
+
+    func windowRecord(_ s: Session, window w: Int64, final: Bool) -> EVIRecord {
+        let start = max(w * windowNs, s.startNs)
+        let end = final ? min((w + 1) * windowNs, s.endNs ?? (w + 1) * windowNs) : (w + 1) * windowNs
+        let stats = s.ledger.finalize(window: w)
+        var f = JSON.Object()
+        f["window"] = ["start": .string(WallTime(nanosecondsSinceEpoch: start).rfc3339),
+                       "end": .string(WallTime(nanosecondsSinceEpoch: end).rfc3339),
+                       "ms": .int(max(0, (end - start) / 1_000_000))]
+        if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
+        f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
+        if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
+            let d = s.deltas.removeValue(forKey: w) ?? FlowCounters()
+            var flow = JSON.Object()
+            flow["client_to_anchor"] = ["packets": .int(d.originalPackets), "bytes": .int(d.originalBytes)]
+            flow["anchor_to_client"] = ["packets": .int(d.replyPackets), "bytes": .int(d.replyBytes)]
+            if s.resets.remove(w) != nil { flow["counter_reset"] = true }
+            if let asOf = s.countersAsOf.removeValue(forKey: w), final || asOf < end - 50_000_000 {
+                flow["counted_until"] = .string(WallTime(nanosecondsSinceEpoch: asOf).rfc3339)
+            }
+            f["flow"] = .object(flow)
+        } else {
+            f["flow"] = .null
+        }
+        // Older windows' counters that never got a record (none expected) are dropped.
+        for k in s.deltas.keys where k < w { s.deltas[k] = nil }
+
+        if s.ssid != 0 || stats.sent > 0 {
+            var p = JSON.Object()
+            p["sent"] = .int(stats.sent)
+            p["received"] = .int(stats.received)
+            let stateful = settings.reflectorMode == .stateful
+            p["lost_forward"] = stateful ? .int(stats.lostForward) : .null
+            p["lost_backward"] = stateful ? .int(stats.lostBackward) : .null
+            p["lost_unknown"] = .int(stats.lostUnknown)
+            if stats.duplicates > 0 { p["duplicates"] = .int(stats.duplicates) }
+            if stats.reordered > 0 { p["reordered"] = .int(stats.reordered) }
+            if stats.late > 0 { p["late"] = .int(stats.late) }
+            f["probes"] = .object(p)
+            var loss = JSON.Object()
+            func ratio(_ a: Int, _ b: Int) -> JSON { b > 0 ? .double((Double(a) / Double(b) * 1e6).rounded() / 1e6) : .null }
+            loss["ratio"] = ratio(stats.sent - stats.received, stats.sent)
+            loss["forward"] = stateful ? ratio(stats.lostForward, stats.sent) : .null
+            loss["backward"] = stateful ? ratio(stats.lostBackward, stats.received + stats.lostBackward) : .null
+            f["loss"] = .object(loss)
+            let summary = DelaySummary(samples: stats.delaysNs)
+            f["delay_ms"] = summary?.json ?? .null
+            f["jitter_ms"] = stats.jitterNs.map { .double(($0 / 1000).rounded() / 1000) } ?? .null
+            var h = DelayHistogram()
+            for d in stats.delaysNs { h.record(nanoseconds: d) }
+            f["delay_hist"] = h.json
+            owner.metrics?.observeWindow(aisi: s.lease.aisi, stats: stats, summary: summary, stateful: stateful)
+        } else {
+            f["probes"] = .null
+        }
+        let l = s.lease
+        return EVIRecord(kind: .window, event: final ? "final" : nil, aisi: l.aisi, leaseID: l.id, enforcementPoint: s.point,
+                         anchor: l.request.anchor, qos: l.request.qos, relatedLease: nil,
+                         time: WallTime(nanosecondsSinceEpoch: end), monotonicNs: aip_boottime_ns(), fields: f)
+    }
+}
