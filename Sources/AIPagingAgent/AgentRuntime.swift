@@ -58,7 +58,13 @@ public final class AgentRuntime: Sendable {
             throw error
         }
         exporter.start(initial: await service.leases())
-        let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
+        let timer: ExpiryTimer?
+        do {
+            timer = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
+        } catch {
+            await stop(exporter)
+            throw error
+        }
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
             await service.requestResync()

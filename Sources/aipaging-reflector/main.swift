@@ -61,6 +61,11 @@ func parseListen(_ s: String) -> (IPAddress?, IPAddress.Family, UInt16)? {
     return (a, a.family, port)
 }
 
+// A daemon: whatever signal mask it inherited, SIGTERM and SIGINT end it.
+var noSignals = sigset_t()
+sigemptyset(&noSignals)
+sigprocmask(SIG_SETMASK, &noSignals, nil)
+
 var opt = Options()
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
