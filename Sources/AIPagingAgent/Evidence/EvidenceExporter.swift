@@ -78,6 +78,7 @@ public final class EvidenceExporter: Sendable {
         inbox.withLock { $0.commands = initial.map { .upsert($0) } + $0.commands }
         let this = self
         Thread.detachNewThread {
+            Thread.current.name = "aip-evidence"
             let loop = ExporterLoop(this)
             loop.run()
             this.finished.signal()
@@ -128,7 +129,9 @@ final class ExporterLoop {
         let family: IPAddress.Family
         var ssid: UInt16 = 0
         var ledger: ProbeLedger
-        var nextSendNs: Int64
+        /// Slot of the send wheel (its phase within the probe interval).
+        let bucket: Int
+        var removed = false
         let startNs: Int64
         var endNs: Int64?
         var endKind: LifecycleEvent.Kind?
@@ -143,13 +146,13 @@ final class ExporterLoop {
         var countersAsOf: [Int64: Int64] = [:]
         var preExpiryDone = false
 
-        init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, firstSend: Int64, window: Int64) {
+        init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
             self.lease = lease
             self.point = point
             family = lease.request.anchor.address.family
             self.ledger = ledger
             self.startNs = startNs
-            nextSendNs = firstSend
+            self.bucket = bucket
             emittedThrough = window - 1
         }
     }
@@ -165,8 +168,16 @@ final class ExporterLoop {
     }
 
     var sessions: [LeaseID: Session] = [:]
-    /// (point, family, ssid) -> lease id of the probing session.
-    var bySSID: [String: [IPAddress.Family: [UInt16: LeaseID]]] = [:]
+    /// The send wheel: the probe interval in `wheel.count` ticks; each probing session sits in
+    /// the slot of its phase, so a tick touches only the sessions due in it.
+    var wheel: [[Session]]
+    var lastTick: Int64
+    /// Sessions that ended and wait for their last window's probe timeout.
+    var ending: [Session] = []
+    /// The earliest boot-clock instant at which some lease's pre-expiry counter read is due.
+    var nextPreExpiryBoot: UInt64 = .max
+    /// (point, family, ssid) -> the probing session.
+    var bySSID: [String: [IPAddress.Family: [UInt16: Session]]] = [:]
     /// (point, mark) -> lease id whose counters the mark's elements are.
     var byMark: [String: [UInt32: LeaseID]] = [:]
     var io: [String: PointIO] = [:]
@@ -178,7 +189,7 @@ final class ExporterLoop {
     var errorEstimate = STAMPErrorEstimate.systemClock()
     var lastEstimateNs: Int64 = 0
     var sendBuffer: [UInt8] = []
-    var outgoing: [String: [IPAddress.Family: [(UDPBatchSocket.Outgoing, LeaseID, UInt32)]]] = [:]
+    var outgoing: [String: [IPAddress.Family: [(UDPBatchSocket.Outgoing, Session, UInt32)]]] = [:]
 
     init(_ owner: EvidenceExporter) {
         self.owner = owner
@@ -186,8 +197,11 @@ final class ExporterLoop {
         windowNs = Int64(settings.windowMs) * 1_000_000
         intervalNs = Int64(settings.probeIntervalMs) * 1_000_000
         timeoutNs = Int64(settings.probeTimeoutMs) * 1_000_000
-        tickNs = max(1_000_000, min(5_000_000, intervalNs / 2))
+        let slots = max(1, min(20, settings.probeIntervalMs / 2))
+        tickNs = intervalNs > 0 ? intervalNs / Int64(slots) : 50_000_000
+        wheel = [[Session]](repeating: [], count: slots)
         let now = realtimeNanoseconds()
+        lastTick = now / tickNs
         nextBoundaryNs = (now / windowNs + 1) * windowNs
         nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
         for p in owner.points {
@@ -220,14 +234,12 @@ final class ExporterLoop {
 
     // MARK: loop
 
+    /// The loop wakes once per tick (the probe interval / up to 20) or when leases change: it sends
+    /// the probes of the tick's slot in one `sendmmsg` per socket, drains the replies that came
+    /// meanwhile (their kernel receive timestamps make the delay independent of when they are
+    /// read), reads counters when due, and finalizes windows.
     func run() {
-        var pfds: [pollfd] = []
-        var pollOwners: [(String, IPAddress.Family)] = []
-        pfds.append(pollfd(fd: owner.wakeFD, events: Int16(POLLIN), revents: 0))
-        for name in io.keys.sorted() {
-            if let s = io[name]!.v4 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); pollOwners.append((name, .ipv4)) }
-            if let s = io[name]!.v6 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); pollOwners.append((name, .ipv6)) }
-        }
+        var pfds = [pollfd(fd: owner.wakeFD, events: Int16(POLLIN), revents: 0)]
         while true {
             let stopping = drainInbox()
             var now = realtimeNanoseconds()
@@ -239,6 +251,7 @@ final class ExporterLoop {
                 errorEstimate = STAMPErrorEstimate.systemClock()
                 lastEstimateNs = now
             }
+            receiveAll()
             sendDueProbes(now: now)
             if now >= nextBoundaryNs {
                 readCounters(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
@@ -246,39 +259,29 @@ final class ExporterLoop {
                 nextBoundaryNs += windowNs
                 if nextBoundaryNs <= now { nextBoundaryNs = (now / windowNs + 1) * windowNs }
                 nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
-            } else if now >= nextCounterReadNs || preExpiryDue(now: now) {
+            } else if now >= nextCounterReadNs || preExpiryDue() {
                 readCounters(attributeTo: now / windowNs, now: now)
                 nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
             }
             now = realtimeNanoseconds()
             runFinalizations(now: now)
 
-            // Sleep until the next thing to do (sends are grouped in ticks).
+            // Sleep until the next tick (or boundary, counter read, finalization).
             var next = min(nextBoundaryNs, nextCounterReadNs)
             if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
-            for s in sessions.values {
-                if let f = s.finalizeAtNs { next = min(next, f) }
-            }
-            if let firstSend = nextSendDue() { next = min(next, firstSend + tickNs) }
+            for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
+            if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
             let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
-            for i in pfds.indices { pfds[i].revents = 0 }
-            let r = poll(&pfds, nfds_t(pfds.count), waitMs)
-            if r > 0 {
-                if pfds[0].revents != 0 { aip_eventfd_drain(owner.wakeFD) }
-                for (i, (point, fam)) in pollOwners.enumerated() where pfds[i + 1].revents & Int16(POLLIN) != 0 {
-                    receive(point: point, family: fam)
-                }
-            }
+            pfds[0].revents = 0
+            if poll(&pfds, 1, waitMs) > 0 { aip_eventfd_drain(owner.wakeFD) }
         }
     }
 
-    func nextSendDue() -> Int64? {
-        guard settings.probeIntervalMs > 0 else { return nil }
-        var m: Int64?
-        for s in sessions.values where s.endNs == nil && s.ssid != 0 {
-            m = min(m ?? s.nextSendNs, s.nextSendNs)
+    func receiveAll() {
+        for (name, pio) in io {
+            if pio.v4 != nil { receive(point: name, family: .ipv4) }
+            if pio.v6 != nil { receive(point: name, family: .ipv6) }
         }
-        return m
     }
 
     /// Applies queued lease changes; true when the exporter is stopping.
@@ -311,6 +314,7 @@ final class ExporterLoop {
             if s.endNs == nil {
                 s.lease = lease
                 s.preExpiryDone = false
+                schedulePreExpiry(lease)
             }
             return
         }
@@ -320,14 +324,19 @@ final class ExporterLoop {
         let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: settings.probeIntervalMs > 0 ? cap : 1)
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
-        let phase = intervalNs > 0 ? Int64(h % UInt64(intervalNs)) : 0
-        let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, firstSend: now + phase, window: now / windowNs)
+        let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
         if settings.probeIntervalMs > 0, socket(point, s.family) != nil, let ssid = allocateSSID(point, s.family) {
             s.ssid = ssid
-            bySSID[point, default: [:]][s.family, default: [:]][ssid] = lease.id
+            bySSID[point, default: [:]][s.family, default: [:]][ssid] = s
+            wheel[s.bucket].append(s)
         }
         sessions[lease.id] = s
         byMark[point, default: [:]][lease.mark] = lease.id
+        schedulePreExpiry(lease)
+    }
+
+    func schedulePreExpiry(_ lease: Lease) {
+        nextPreExpiryBoot = min(nextPreExpiryBoot, lease.deadline.nanoseconds &- 150_000_000)
     }
 
     func end(_ lease: Lease, _ kind: LifecycleEvent.Kind, at: Int64, now: Int64) {
@@ -335,6 +344,7 @@ final class ExporterLoop {
         s.endNs = max(at, s.startNs)
         s.endKind = kind
         s.finalizeAtNs = now + timeoutNs
+        ending.append(s)
         if byMark[s.point]?[lease.mark] == lease.id { byMark[s.point]?[lease.mark] = nil }
     }
 
@@ -355,7 +365,7 @@ final class ExporterLoop {
 
     func releaseSSID(_ s: Session) {
         guard s.ssid != 0 else { return }
-        bySSID[s.point]?[s.family]?[s.ssid] = nil
+        if bySSID[s.point]?[s.family]?[s.ssid] === s { bySSID[s.point]?[s.family]?[s.ssid] = nil }
         io[s.point]?.freeSSIDs[s.family]?.append(s.ssid)
         s.ssid = 0
     }
@@ -364,23 +374,31 @@ final class ExporterLoop {
 
     func sendDueProbes(now: Int64) {
         guard settings.probeIntervalMs > 0 else { return }
-        let horizon = now + tickNs
+        let tick = now / tickNs
+        guard tick > lastTick else { return }
+        // Every slot whose tick came since the last pass (at most one turn of the wheel).
+        let from = max(lastTick + 1, tick - Int64(wheel.count) + 1)
+        lastTick = tick
         sendBuffer.removeAll(keepingCapacity: true)
         for k in outgoing.keys { for f in outgoing[k]!.keys { outgoing[k]![f]!.removeAll(keepingCapacity: true) } }
         let t1 = NTPTimestamp(unixNanoseconds: now)
         let window = now / windowNs
         var packet = [UInt8](repeating: 0, count: STAMPSenderPacket.length)
         var any = false
-        for s in sessions.values where s.endNs == nil && s.ssid != 0 && s.nextSendNs <= horizon {
-            let seq = s.ledger.send(at: now, window: window)
-            STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
-            let item = UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.lease.request.anchor.address,
-                                               port: settings.probePort, priority: s.lease.qosClass.classid)
-            sendBuffer += packet
-            outgoing[s.point, default: [:]][s.family, default: []].append((item, s.lease.id, seq))
-            s.nextSendNs += intervalNs
-            if s.nextSendNs < now { s.nextSendNs = now + intervalNs }
-            any = true
+        for t in from...tick {
+            let b = Int(t % Int64(wheel.count))
+            if wheel[b].contains(where: { $0.removed || $0.endNs != nil }) {
+                wheel[b].removeAll { $0.removed || $0.endNs != nil }
+            }
+            for s in wheel[b] where s.ssid != 0 {
+                let seq = s.ledger.send(at: now, window: window)
+                STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
+                let item = UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.lease.request.anchor.address,
+                                                   port: settings.probePort, priority: s.lease.qosClass.classid)
+                sendBuffer += packet
+                outgoing[s.point, default: [:]][s.family, default: []].append((item, s, seq))
+                any = true
+            }
         }
         guard any else { return }
         var sent = 0
@@ -390,7 +408,7 @@ final class ExporterLoop {
                 // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
                 // (before the lease's HTB class); without one, the time just before the send call.
                 let before = realtimeNanoseconds()
-                for (_, id, seq) in items { sessions[id]?.ledger.correctSendTime(seq, to: before) }
+                for (_, s, seq) in items { s.ledger.correctSendTime(seq, to: before) }
                 let n = sendItems(point, sock, items.map(\.0))
                 if perDatagramPriority && sock.sendTimestamps {
                     var stamps: [(UInt32, Int64)] = []
@@ -399,7 +417,7 @@ final class ExporterLoop {
                     if stamps.count == order.count {
                         stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
                         for (k, i) in order.enumerated() where i < items.count {
-                            sessions[items[i].1]?.ledger.correctSendTime(items[i].2, to: stamps[k].1)
+                            items[i].1.ledger.correctSendTime(items[i].2, to: stamps[k].1)
                         }
                     }
                 }
@@ -447,11 +465,11 @@ final class ExporterLoop {
         let window = realtimeNanoseconds() / windowNs
         var received = 0
         let port = settings.probePort
+        let table = bySSID[point]?[family]
         do {
             try sock.receive(max: 4096) { bytes, meta in
                 guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes),
-                      let id = bySSID[point]?[family]?[reply.ssid], let s = sessions[id],
-                      meta.address == s.lease.request.anchor.address else { return }
+                      let s = table?[reply.ssid], meta.address == s.lease.request.anchor.address else { return }
                 let t4 = meta.receiveNs != 0 ? meta.receiveNs : realtimeNanoseconds()
                 if case .delay = s.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
             }
@@ -463,18 +481,17 @@ final class ExporterLoop {
 
     // MARK: counters
 
-    func preExpiryDue(now: Int64) -> Bool {
-        let boot = Int64(aip_boottime_ns())
-        var due = false
+    /// Whether some lease's deadline is under 150 ms away: the kernel removes a lease's counters
+    /// with its elements at the deadline, so they are read just before.
+    func preExpiryDue() -> Bool {
+        let boot = aip_boottime_ns()
+        guard boot >= nextPreExpiryBoot else { return false }
+        nextPreExpiryBoot = .max
         for s in sessions.values where s.endNs == nil && !s.preExpiryDone {
-            // The kernel removes a lease's counters with its elements at the deadline: read just before.
-            let left = Int64(s.lease.deadline.nanoseconds) - boot
-            if left < 150_000_000 {
-                s.preExpiryDone = true
-                due = true
-            }
+            let at = s.lease.deadline.nanoseconds &- 150_000_000
+            if at <= boot { s.preExpiryDone = true } else { nextPreExpiryBoot = min(nextPreExpiryBoot, at) }
         }
-        return due
+        return true
     }
 
     /// One dump of the qos map per point; each live lease's delta goes to `window`.
@@ -539,11 +556,14 @@ final class ExporterLoop {
                 s.emittedThrough = w
             }
         }
-        for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {
-            guard let f = s.finalizeAtNs, f <= now, let end = s.endNs else { continue }
-            records += finalRecords(s, end: end)
+        let done = ending.filter { ($0.finalizeAtNs ?? .max) <= now }
+        if !done.isEmpty {
+            ending.removeAll { ($0.finalizeAtNs ?? .max) <= now }
+            for s in done.sorted(by: { $0.lease.id < $1.lease.id }) {
+                records += finalRecords(s, end: s.endNs ?? now)
+                remove(s)
+            }
         }
-        for s in sessions.values where s.finalizeAtNs.map({ $0 <= now }) ?? false { remove(s) }
         if !records.isEmpty {
             owner.log.append(records)
             owner.stats.withLock { $0.windows += UInt64(records.count) }
@@ -563,6 +583,7 @@ final class ExporterLoop {
     }
 
     func remove(_ s: Session) {
+        s.removed = true
         releaseSSID(s)
         if byMark[s.point]?[s.lease.mark] == s.lease.id { byMark[s.point]?[s.lease.mark] = nil }
         sessions[s.lease.id] = nil

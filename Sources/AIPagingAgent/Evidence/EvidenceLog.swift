@@ -144,7 +144,10 @@ public final class EvidenceLog: Sendable {
         recoveredTornBytes = recovered
         shared = Mutex(s)
         let this = self
-        Thread.detachNewThread { this.writerLoop() }
+        Thread.detachNewThread {
+            Thread.current.name = "aip-evidence-log"
+            this.writerLoop()
+        }
     }
 
     // MARK: producers
