@@ -86,11 +86,14 @@ let package = Package(
         .executableTarget(name: "EnforceBench", dependencies: ["AIPagingClient", "AIPagingCore"],
                           path: "Benchmarks/EnforceBench", swiftSettings: strict),
 
+        .executableTarget(name: "RestartBench", dependencies: ["AIPagingClient", "AIPagingCore"],
+                          path: "Benchmarks/RestartBench", swiftSettings: strict),
+
         .testTarget(name: "AIPagingCoreTests", dependencies: ["AIPagingCore"], swiftSettings: strict),
         .testTarget(name: "AIPagingKernelTests", dependencies: ["AIPagingKernel", "AIPagingCore", "AIPagingTestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "AIPagingAgentTests",
-                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel", "AIPagingClient", "AIPagingTestSupport"],
+                    dependencies: ["AIPagingAgent", "AIPagingCore", "AIPagingKernel", "AIPagingClient", "AIPagingTestSupport", "CAIPagingShim"],
                     resources: [],
                     swiftSettings: strict),
     ]

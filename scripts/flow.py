@@ -3,6 +3,8 @@
 
   flow.py probe ADDR PORT [--count N] [--tcp]   send N requests, print which anchor answered each
   flow.py blast ADDR PORT --mbit R --seconds S   send UDP at R Mbit/s, report the echoed throughput
+  flow.py seqstream ADDR PORT --rate HZ --seconds S
+                                               ONE UDP flow sending "seq N" datagrams at HZ; prints the count
   flow.py stream ADDR PORT --seconds S [--interval-ms I] [--tcp]
                                                ONE flow (one socket / connection) sending a request
                                                every I ms; prints "<epoch ms> <anchor or ->" per request
@@ -83,9 +85,10 @@ def stream(a):
     the whole run. A request that gets no answer in time prints "-"; a TCP connection that
     breaks is not reopened (the flow is over)."""
     out = sys.stdout
+    pending = b""   # TCP bytes received but not yet consumed (a raw buffer: a file object
+                    # made by makefile() is unusable after one timeout)
     if a.tcp:
         s = socket.create_connection((a.addr, a.port), timeout=1.0)
-        f = s.makefile("rb")
     else:
         s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
         s.connect((a.addr, a.port))
@@ -100,11 +103,28 @@ def stream(a):
             try:
                 if a.tcp:
                     s.sendall(b"seq %d\n" % seq)
-                    line = f.readline()
-                    if not line:
-                        broken = True
-                    else:
-                        answer = line.split(b" ")[0].decode()
+                    # Skip answers to earlier requests that arrived late (they say their seq).
+                    deadline = time.time() + a.interval_ms / 1000.0
+                    while answer == "-" and not broken:
+                        while b"\n" in pending:
+                            line, pending = pending.split(b"\n", 1)
+                            parts = line.split()
+                            if parts[-1:] == [str(seq).encode()]:
+                                answer = parts[0].decode()
+                                break
+                        if answer != "-":
+                            break
+                        left = deadline - time.time()
+                        if left <= 0:
+                            break
+                        s.settimeout(left)
+                        try:
+                            data = s.recv(4096)
+                        except socket.timeout:
+                            break
+                        if not data:
+                            broken = True
+                        pending += data
                 else:
                     s.send(b"seq %d" % seq)
                     while True:
@@ -181,6 +201,28 @@ def flood(a):
             time.sleep(min(0.0005, next_send - now))
     return 0
 
+def seqstream(a):
+    """One UDP flow (one socket: one conntrack entry) sending "seq N <epoch_us>" at a steady
+    rate, paced on absolute times so the rate holds under load. Prints how many were sent."""
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+    s.connect((a.addr, a.port))
+    interval = 1.0 / a.rate
+    start = time.monotonic()
+    n = int(a.seconds * a.rate)
+    sent = 0
+    for i in range(n):
+        target = start + i * interval
+        now = time.monotonic()
+        if target > now:
+            time.sleep(target - now)
+        try:
+            s.send(b"seq %d %d" % (i, time.time_ns() // 1000))
+            sent += 1
+        except OSError:
+            pass
+    print("sent %d" % sent)
+    return 0
+
 p = argparse.ArgumentParser()
 sub = p.add_subparsers(dest="cmd", required=True)
 pp = sub.add_parser("probe"); pp.add_argument("addr"); pp.add_argument("port", type=int)
@@ -193,5 +235,7 @@ pr = sub.add_parser("rtt"); pr.add_argument("addr"); pr.add_argument("port", typ
 pr.add_argument("--seconds", type=float, required=True); pr.add_argument("--interval-ms", type=float, default=10); pr.add_argument("--priority")
 pf = sub.add_parser("flood"); pf.add_argument("addr"); pf.add_argument("port", type=int)
 pf.add_argument("--mbit", type=float, required=True); pf.add_argument("--seconds", type=float, required=True); pf.add_argument("--size", type=int, default=1200)
+pq = sub.add_parser("seqstream"); pq.add_argument("addr"); pq.add_argument("port", type=int)
+pq.add_argument("--rate", type=float, default=1000); pq.add_argument("--seconds", type=float, required=True)
 a = p.parse_args()
-sys.exit({"probe": probe, "blast": blast, "stream": stream, "rtt": rtt, "flood": flood}[a.cmd](a))
+sys.exit({"probe": probe, "blast": blast, "stream": stream, "seqstream": seqstream, "rtt": rtt, "flood": flood}[a.cmd](a))

@@ -16,12 +16,16 @@ public struct AgentConfig: Sendable, Equatable {
     public var groupSize = Layout.defaultGroupSize
     public var enforcementPoints: [EnforcementPointConfig] = []
     public var maxBodyBytes = 64 * 1024
+    public var maxBatchBodyBytes = 8 * 1024 * 1024
     public var requestTimeoutMs = 10_000
     public var logLevel = "info"
-    /// Interval of the background reconcile that detects drift (ms).
+    /// Interval of the background reconcile: due leases, failed reconciles (ms).
     public var reconcileIntervalMs = 1000
     /// Evidence: measurement windows, probing, the log's sync policy, metric cardinality.
     public var evidence = EvidenceSettings()
+    /// Watch the enforcement namespaces for nftables/tc changes by other processes and repair
+    /// them at once (`drift_repair`).
+    public var driftRepair = true
 
     public static let defaultCapacityKbit: UInt64 = 1_000_000
 
@@ -45,8 +49,8 @@ public struct AgentConfig: Sendable, Equatable {
         } catch { throw fail("\(error)") }
         var c = AgentConfig()
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
-                                  "enforcement_points", "max_body_bytes", "request_timeout_ms", "log_level",
-                                  "reconcile_interval_ms", "comment",
+                                  "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
+                                  "reconcile_interval_ms", "drift_repair", "comment",
                                   "evidence_window_ms", "probe_interval_ms", "probe_timeout_ms", "probe_port", "probe_reflector",
                                   "counter_interval_ms", "evidence_sync_ms", "evidence_segment_bytes", "metrics_max_aisi"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
@@ -67,6 +71,10 @@ public struct AgentConfig: Sendable, Equatable {
             guard let n = v.int64Value, (256...16_777_216).contains(n) else { throw fail("max_body_bytes must be 256..16777216") }
             c.maxBodyBytes = Int(n)
         }
+        if let v = root["max_batch_body_bytes"] {
+            guard let n = v.int64Value, (1024...1_073_741_824).contains(n) else { throw fail("max_batch_body_bytes must be 1024..1073741824") }
+            c.maxBatchBodyBytes = Int(n)
+        }
         if let v = root["request_timeout_ms"] {
             guard let n = v.int64Value, (10...600_000).contains(n) else { throw fail("request_timeout_ms must be 10..600000") }
             c.requestTimeoutMs = Int(n)
@@ -75,6 +83,7 @@ public struct AgentConfig: Sendable, Equatable {
             guard let n = v.int64Value, (0...3_600_000).contains(n) else { throw fail("reconcile_interval_ms must be 0..3600000") }
             c.reconcileIntervalMs = Int(n)
         }
+        if let v = root["drift_repair"] { guard let b = v.boolValue else { throw fail("drift_repair must be a boolean") }; c.driftRepair = b }
         if let v = root["log_level"] { c.logLevel = v.stringValue ?? "info" }
         func int(_ key: String, _ range: ClosedRange<Int64>) throws(LoadError) -> Int? {
             guard let v = root[key] else { return nil }

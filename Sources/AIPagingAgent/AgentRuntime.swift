@@ -1,5 +1,6 @@
 import AIPagingCore
 import Logging
+import NIOCore
 import NIOPosix
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +23,7 @@ public final class AgentRuntime: Sendable {
 
     public init(config: AgentConfig, policy: Policy, points: [EnforcementPointConfig],
                 backends: sending [String: any EnforcementBackend], clock: any AgentClock = SystemClock(),
-                logger: Logger = Logger(label: "aipaging")) {
+                logger: Logger = Logger(label: "aipaging"), journal: sending LeaseJournal? = nil) {
         self.config = config
         self.clock = clock
         self.logger = logger
@@ -34,7 +35,7 @@ public final class AgentRuntime: Sendable {
             EvidencePoint(name: p.name, namespace: backends[p.name] is KernelBackend ? (p.netns.map { .named($0) } ?? .current) : nil)
         }
         let service = LeaseService(points: points, backends: backends, policy: policy, clock: clock,
-                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next())
+                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next(), journal: journal)
         self.service = service
         let evidence = EvidenceStore()
         self.evidence = evidence
@@ -42,6 +43,7 @@ public final class AgentRuntime: Sendable {
         self.metrics = metrics
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
+        limits.maxBatchBodyBytes = config.maxBatchBodyBytes
         limits.requestTimeout = .milliseconds(Int64(config.requestTimeoutMs))
         let api = ControlAPI(service: service, clock: clock, evidence: evidence, metrics: metrics)
         self.server = ControlServer(api: api, limits: limits, group: loopGroup, logger: logger)
@@ -49,11 +51,32 @@ public final class AgentRuntime: Sendable {
 
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
     /// out the run loop stops, and with `flush_on_exit` every piece of kernel state is removed.
-    public func run(socket: ListeningSocket, useTimer: Bool = true, onReady: @escaping @Sendable () -> Void = {}) async throws {
+    ///
+    /// Under systemd (`notifier` enabled): `READY=1` with a `STATUS=` line once the journal is
+    /// replayed, the first reconcile is done and the socket serves, `STATUS=` whenever the line
+    /// changes, and with a `watchdog`, `WATCHDOG=1` every half watchdog timeout from the
+    /// reconcile loop, each only after a round trip through the lease service (a hung service
+    /// stops the pings). With `drift_repair`, the kernel is watched for changes by other
+    /// processes from before the first reconcile on.
+    public func run(socket: ListeningSocket, useTimer: Bool = true, notifier: SystemdNotifier = SystemdNotifier(address: nil),
+                    watchdog: SystemdWatchdog? = nil, onReady: @escaping @Sendable () -> Void = {}) async throws {
         let exporter = try await startEvidence()
+        let recovered: (restored: Int, dropped: Int, truncatedBytes: Int)
+        do {
+            recovered = try await service.recover()
+        } catch {
+            await stopEvidence(exporter)
+            throw error
+        }
+        if recovered.restored + recovered.dropped > 0 {
+            logger.notice("recovered leases from the journal",
+                          metadata: ["live": "\(recovered.restored)", "ended_while_down": "\(recovered.dropped)"])
+        }
+        if config.driftRepair { await service.startWatching() }
         do {
             try await service.start()
         } catch {
+            await service.stop(flush: false)
             await stopEvidence(exporter)
             throw error
         }
@@ -67,23 +90,30 @@ public final class AgentRuntime: Sendable {
         }
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
-            await service.requestResync()
         }
         defer {
             timer?.stop()
             if let path = socket.path { unlink(path) }
         }
         let service = self.service, server = self.server
-        let interval = config.reconcileIntervalMs
+        let interval: Duration? = config.reconcileIntervalMs > 0 ? .milliseconds(config.reconcileIntervalMs) : nil
+        let (served, servedCont) = AsyncStream<Void>.makeStream()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await server.run(on: socket, onReady: onReady) }
-                if interval > 0 {
-                    group.addTask {
-                        while !Task.isCancelled {
-                            try await Task.sleep(for: .milliseconds(interval))
-                            await service.periodic()
-                        }
+                group.addTask {
+                    try await server.run(on: socket) {
+                        onReady()
+                        servedCont.yield()
+                        servedCont.finish()
+                    }
+                }
+                if interval != nil || notifier.isEnabled {
+                    // On the agent's event loop, like the lease service: the loop's ticks and
+                    // pings depend on that thread alone, not on the cooperative pool.
+                    group.addTask(executorPreference: server.executor) {
+                        for await _ in served { break }
+                        try await Self.reconcileLoop(service: service, loop: server.executor.loop, interval: interval,
+                                                     notifier: notifier, watchdog: watchdog)
                     }
                 }
                 _ = try await group.next()
@@ -95,6 +125,56 @@ public final class AgentRuntime: Sendable {
             throw error
         }
         await stop(exporter)
+    }
+
+    /// The background loop: `periodic()` every reconcile interval; under systemd, the status line
+    /// and the watchdog pings. Ticks at the shorter of the reconcile interval and half the
+    /// watchdog timeout, with timers of the agent's event loop `loop` (not `Task.sleep`, whose
+    /// timers go through the cooperative pool): the pings depend on the agent's thread alone.
+    static func reconcileLoop(service: LeaseService, loop: any EventLoop, interval: Duration?, notifier: SystemdNotifier,
+                              watchdog: SystemdWatchdog?) async throws {
+        let clock = ContinuousClock()
+        var status = await service.statusLine()
+        notifier.ready(status: status)
+        let pingEvery = watchdog?.pingInterval
+        let tick = [interval, pingEvery].compactMap { $0 }.min() ?? .seconds(1)
+        if pingEvery != nil { notifier.watchdog() }
+        var nextReconcile = interval.map { clock.now + $0 }
+        var lastPing = clock.now
+        while !Task.isCancelled {
+            try await sleep(tick, on: loop)
+            if let interval, let next = nextReconcile, clock.now >= next {
+                await service.periodic()
+                nextReconcile = clock.now + interval
+            }
+            guard notifier.isEnabled else { continue }
+            // The awaited call runs on the service's executor: it returns only while the service
+            // is processing, so a hung service stops the pings.
+            let line = await service.statusLine()
+            if line != status {
+                status = line
+                notifier.status(line)
+            }
+            if let pingEvery, clock.now - lastPing >= pingEvery - tick {
+                notifier.watchdog()
+                lastPing = clock.now
+            }
+        }
+    }
+
+    /// Sleeps for `duration` on a timer of `loop`; throws `CancellationError` when cancelled.
+    static func sleep(_ duration: Duration, on loop: any EventLoop) async throws {
+        let c = duration.components
+        let scheduled = loop.scheduleTask(in: .nanoseconds(c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000)) {}
+        do {
+            try await withTaskCancellationHandler {
+                try await scheduled.futureResult.get()
+            } onCancel: {
+                scheduled.cancel()
+            }
+        } catch {
+            throw CancellationError()
+        }
     }
 
     func stop(_ exporter: EvidenceExporter) async {
@@ -147,6 +227,16 @@ public final class AgentRuntime: Sendable {
 }
 
 extension LeaseService {
+    /// The one-line state for systemd's `STATUS=`: "serving 3 leases on 1 enforcement point",
+    /// plus the points waiting for a resync. O(points).
+    public func statusLine() -> String {
+        let n = table.liveCount
+        var line = "serving \(n) lease\(n == 1 ? "" : "s") on \(points.count) enforcement point\(points.count == 1 ? "" : "s")"
+        let behind = points.filter { $0.value.needsResync }.map(\.key).sorted()
+        if !behind.isEmpty { line += "; kernel resync pending at \(behind.joined(separator: ", "))" }
+        return line
+    }
+
     /// Background duty: end anything due (should the timer have been missed), retry a failed
     /// reconcile, and let each backend do its deferred housekeeping.
     public func periodic() {

@@ -1,4 +1,5 @@
 import AIPagingCore
+import AIPagingKernel
 
 /// Why the kernel could not be made to match a plan.
 public struct EnforcementError: Error, Sendable, CustomStringConvertible {
@@ -43,6 +44,18 @@ public protocol EnforcementBackend: AnyObject {
     /// entries of flows that began before their lease existed (so they re-classify), retries
     /// conntrack flushes that failed. Never required for the invariants.
     func maintenance()
+
+    /// Starts watching the point's kernel for changes made by anyone but this backend (drift):
+    /// `onChange` gets a report, on another thread, shortly after someone else alters or deletes
+    /// the agent's state or adds to it. Nil when nobody else can change the state (the in-memory
+    /// fake). The caller stops the monitor.
+    func watchForeignChanges(_ onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) throws(EnforcementError) -> KernelChangeMonitor?
+}
+
+extension EnforcementBackend {
+    public func watchForeignChanges(_ onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) throws(EnforcementError) -> KernelChangeMonitor? {
+        nil
+    }
 }
 
 /// Packets and bytes of one lease's flows in both directions, from the qos element counters.

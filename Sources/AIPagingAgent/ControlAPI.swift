@@ -96,6 +96,7 @@ public struct ControlAPI: Sendable {
     /// Every (method, path template) the API serves.
     public static let routes: [(method: String, path: String)] = [
         ("PUT", "/v1/leases/{lease_id}"),
+        ("POST", "/v1/leases"),
         ("GET", "/v1/leases"),
         ("GET", "/v1/leases/{lease_id}"),
         ("DELETE", "/v1/leases/{lease_id}"),
@@ -109,9 +110,9 @@ public struct ControlAPI: Sendable {
     ]
 
     public func handle(_ req: APIRequest) async -> APIResponse {
-        let policy = await service.policy
+        let policy = service.currentPolicy
         guard policy.allowsPeer(uid: req.peer.uid, gid: req.peer.gid) else {
-            return .error(LeaseError(.unauthorizedPeer, "peer \(req.peer) is not allowed by the policy (peers.uids/gids)"))
+            return fail(LeaseError(.unauthorizedPeer, "peer \(req.peer) is not allowed by the policy (peers.uids/gids)"))
         }
         let segments = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         switch (req.method, segments.count, segments.first) {
@@ -134,10 +135,12 @@ public struct ControlAPI: Sendable {
         case (_, 2, "v1"):
             switch (segments[1], req.method) {
             case ("leases", "GET"): return await list(req)
+            case ("leases", "POST"): return await batch(req, policy: policy)
             case ("evidence", "GET"): return await evidenceQuery(req)
             case ("events", "GET"): return events(req)
             case ("status", "GET"): return await status()
-            case ("leases", _), ("evidence", _), ("events", _), ("status", _): return methodNotAllowed(req, allowed: "GET")
+            case ("leases", _): return methodNotAllowed(req, allowed: "GET, POST")
+            case ("evidence", _), ("events", _), ("status", _): return methodNotAllowed(req, allowed: "GET")
             default: break
             }
         case ("GET", 1, "metrics"):
@@ -147,11 +150,17 @@ public struct ControlAPI: Sendable {
         default:
             break
         }
-        return .error(LeaseError(.notFound, "no such endpoint: \(req.method) \(req.path)"))
+        return fail(LeaseError(.notFound, "no such endpoint: \(req.method) \(req.path)"))
+    }
+
+    /// A request refused by the API itself (the lease service counts the ones it refuses).
+    func fail(_ e: LeaseError) -> APIResponse {
+        service.recordRejection(e.cause)
+        return .error(e)
     }
 
     func methodNotAllowed(_ req: APIRequest, allowed: String) -> APIResponse {
-        var r = APIResponse.error(LeaseError(.methodNotAllowed, "\(req.method) is not allowed on \(req.path) (allowed: \(allowed))"))
+        var r = fail(LeaseError(.methodNotAllowed, "\(req.method) is not allowed on \(req.path) (allowed: \(allowed))"))
         r.headers.append(("Allow", allowed))
         return r
     }
@@ -164,18 +173,18 @@ public struct ControlAPI: Sendable {
         switch media {
         case "application/json", "":
             guard policy.acceptUnsigned else {
-                return .error(LeaseError(.signatureRequired, "this policy accepts only signed leases: send the lease as a JWS (Content-Type: application/jose)"))
+                return fail(LeaseError(.signatureRequired, "this policy accepts only signed leases: send the lease as a JWS (Content-Type: application/jose)"))
             }
             payload = req.body
         case "application/jose", "application/jws":
-            do { payload = try JWS.verify(req.body, keys: policy.keys).payload } catch { return .error(error) }
+            do { payload = try JWS.verify(req.body, keys: policy.keys).payload } catch { return fail(error) }
         default:
-            return .error(LeaseError(.unsupportedMediaType, "Content-Type must be application/json or application/jose, not \(media)"))
+            return fail(LeaseError(.unsupportedMediaType, "Content-Type must be application/json or application/jose, not \(media)"))
         }
         let request: CommitRequest
-        do { request = try CommitDecoder.decode(payload) } catch { return .error(error) }
+        do { request = try CommitDecoder.decode(payload) } catch { return fail(error) }
         guard request.leaseID == id else {
-            return .error(LeaseError(.leaseIdMismatch, "the path names lease \(id) but the body's lease_id is \(request.leaseID)", field: "lease_id"))
+            return fail(LeaseError(.leaseIdMismatch, "the path names lease \(id) but the body's lease_id is \(request.leaseID)", field: "lease_id"))
         }
         do {
             let outcome = try await service.commit(request)
@@ -185,13 +194,101 @@ public struct ControlAPI: Sendable {
         } catch let e as LeaseError {
             return .error(e)
         } catch {
-            return .error(LeaseError(.enforcementFailed, "\(error)"))
+            return fail(LeaseError(.enforcementFailed, "\(error)"))
         }
     }
 
+    /// `POST /v1/leases`: many COMMITs in one request, `{"leases": [lease, ...]}` where each item
+    /// is a lease object (plain JSON, if the policy accepts unsigned leases) or a JWS compact
+    /// string. Every item is admitted (or refused) on its own, exactly as a PUT would, but all
+    /// of them travel in the same batch: one nftables transaction, one reply once the kernel
+    /// state of every admitted item exists. 200 with `{"results": [...]}` in request order, each
+    /// `{"lease_id", "status", "lease"}` or `{"lease_id", "status", "error"}`.
+    func batch(_ req: APIRequest, policy: Policy) async -> APIResponse {
+        let media = (req.contentType ?? "application/json").split(separator: ";").first.map { $0.trimmingSpaces.lowercased() } ?? ""
+        guard media == "application/json" || media.isEmpty else {
+            return fail(LeaseError(.unsupportedMediaType, "a batch is application/json: {\"leases\": [...]}"))
+        }
+        let root: JSON
+        do { root = try JSON.parse(req.body) } catch {
+            return fail(LeaseError(.malformedJSON, "the body is not valid JSON (\(error.description))"))
+        }
+        guard let items = root["leases"]?.arrayValue, root.objectValue?.count == 1 else {
+            return fail(LeaseError(.malformedJSON, "a batch body is {\"leases\": [lease, ...]}"))
+        }
+        guard items.count <= ControlAPI.maxBatch else {
+            return fail(LeaseError(.payloadTooLarge, "at most \(ControlAPI.maxBatch) leases per batch"))
+        }
+        var decoded: [Result<CommitRequest, LeaseError>] = []
+        decoded.reserveCapacity(items.count)
+        for item in items {
+            do {
+                if let token = item.stringValue {
+                    let payload = try JWS.verify(Array(token.utf8), keys: policy.keys).payload
+                    decoded.append(.success(try CommitDecoder.decode(payload)))
+                } else {
+                    guard policy.acceptUnsigned else {
+                        throw LeaseError(.signatureRequired, "this policy accepts only signed leases: send each as a JWS string")
+                    }
+                    decoded.append(.success(try CommitDecoder.decode(item)))
+                }
+            } catch let e as LeaseError {
+                service.recordRejection(e.cause)
+                decoded.append(.failure(e))
+            } catch {
+                service.recordRejection(.badRequest)
+                decoded.append(.failure(LeaseError(.badRequest, "\(error)")))
+            }
+        }
+        let service = self.service
+        let outcomes = await withTaskGroup(of: (Int, Result<CommitOutcome, LeaseError>).self) { group in
+            for (i, d) in decoded.enumerated() {
+                guard case .success(let r) = d else { continue }
+                group.addTask {
+                    do { return (i, .success(try await service.commit(r))) } catch let e as LeaseError {
+                        return (i, .failure(e))
+                    } catch {
+                        return (i, .failure(LeaseError(.enforcementFailed, "\(error)")))
+                    }
+                }
+            }
+            var out = [Result<CommitOutcome, LeaseError>?](repeating: nil, count: decoded.count)
+            for await (i, r) in group { out[i] = r }
+            return out
+        }
+        let now = clock.now()
+        var results: [JSON] = []
+        results.reserveCapacity(decoded.count)
+        for (i, d) in decoded.enumerated() {
+            var o = JSON.Object()
+            let result: Result<CommitOutcome, LeaseError>
+            switch d {
+            case .failure(let e):
+                result = .failure(e)
+                o["lease_id"] = items[i]["lease_id"] ?? .null
+            case .success(let r):
+                result = outcomes[i] ?? .failure(LeaseError(.enforcementFailed, "no result"))
+                o["lease_id"] = .string(r.leaseID)
+            }
+            switch result {
+            case .success(let c):
+                if case .renewal = c.kind { o["status"] = 200 } else { o["status"] = 201 }
+                o["lease"] = Views.commit(c, now: now)
+            case .failure(let e):
+                o["status"] = .int(e.status)
+                o["error"] = e.body["error"]
+            }
+            results.append(.object(o))
+        }
+        return .json(200, ["results": .array(results)])
+    }
+
+    /// Largest batch of `POST /v1/leases`.
+    public static let maxBatch = 10_000
+
     func show(id: String) async -> APIResponse {
         guard let l = await service.lease(id) else {
-            return .error(LeaseError(.leaseNotFound, "no live lease \(id)"))
+            return fail(LeaseError(.leaseNotFound, "no live lease \(id)"))
         }
         return .json(200, Views.lease(l, now: clock.now()))
     }
@@ -215,7 +312,7 @@ public struct ControlAPI: Sendable {
         } catch let e as LeaseError {
             return .error(e)
         } catch {
-            return .error(LeaseError(.enforcementFailed, "\(error)"))
+            return fail(LeaseError(.enforcementFailed, "\(error)"))
         }
     }
 

@@ -12,6 +12,8 @@ import Glibc
 public struct ServerLimits: Sendable {
     /// Largest request body accepted (413 beyond).
     public var maxBodyBytes = 64 * 1024
+    /// Largest body of a batch (`POST /v1/leases`).
+    public var maxBatchBodyBytes = 8 * 1024 * 1024
     /// Time from the first byte of a request to its end (408 beyond).
     public var requestTimeout = TimeAmount.seconds(10)
     /// Idle keep-alive connections are closed after this.
@@ -23,7 +25,15 @@ public struct ServerLimits: Sendable {
 /// by systemd (socket activation).
 public struct ListeningSocket: Sendable {
     public var fd: Int32
+    /// The socket file the agent created and removes when it stops; nil for a socket it was
+    /// handed (socket activation), whose file belongs to systemd.
     public var path: String?
+
+    /// Wraps an already-listening socket; the server takes ownership of `fd`.
+    public init(fd: Int32, path: String?) {
+        self.fd = fd
+        self.path = path
+    }
 
     /// Creates `path` as a listening stream socket with mode `mode` (0600 by default), owned by
     /// `group` if given. The umask is tightened around bind() so the socket is never more open
@@ -160,6 +170,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     var head: HTTPRequestHead?
     var body: [UInt8] = []
     var tooLarge = false
+    var limit = 0
     var deadline: Scheduled<Void>?
     var busy = false
     var task: Task<Void, Never>?
@@ -177,14 +188,16 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let h):
             head = h
             body = []
-            tooLarge = h.headers.first(name: "content-length").flatMap(Int.init).map { $0 > limits.maxBodyBytes } ?? false
+            let path = h.uri.split(separator: "?", maxSplits: 1).first ?? ""
+            limit = h.method == .POST && path == "/v1/leases" ? limits.maxBatchBodyBytes : limits.maxBodyBytes
+            tooLarge = h.headers.first(name: "content-length").flatMap(Int.init).map { $0 > limit } ?? false
             let ctx = context
             deadline = context.eventLoop.assumeIsolated().scheduleTask(in: limits.requestTimeout) {
                 self.respondAndClose(ctx, LeaseError(.requestTimeout, "the request did not complete within the server's time limit"))
             }
         case .body(var buf):
             guard !tooLarge else { return }
-            if body.count + buf.readableBytes > limits.maxBodyBytes {
+            if body.count + buf.readableBytes > limit {
                 tooLarge = true
                 body = []
             } else if let bytes = buf.readBytes(length: buf.readableBytes) {
@@ -196,7 +209,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let h = head else { return }
             head = nil
             if tooLarge {
-                respondAndClose(context, LeaseError(.payloadTooLarge, "the request body exceeds \(limits.maxBodyBytes) bytes"))
+                respondAndClose(context, LeaseError(.payloadTooLarge, "the request body exceeds \(limit) bytes"))
                 return
             }
             let req = APIRequest(method: h.method.rawValue, target: h.uri, contentType: h.headers.first(name: "content-type"),

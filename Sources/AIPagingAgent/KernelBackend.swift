@@ -13,6 +13,7 @@ import Glibc
 /// Owned by the lease service and used from its executor only.
 public final class KernelBackend: EnforcementBackend {
     public let location: String
+    let namespace: NetworkNamespace
     let nft: NFTablesSocket
     let route: RouteSocket
     let tc: TrafficControl
@@ -26,6 +27,7 @@ public final class KernelBackend: EnforcementBackend {
 
     public init(point: EnforcementPointConfig, logger: Logger) throws(KernelError) {
         let ns: NetworkNamespace = point.netns.map { .named($0) } ?? .current
+        namespace = ns
         location = point.netns.map { "netns \($0)" } ?? "the agent's network namespace"
         nft = try NFTablesSocket(namespace: ns)
         route = try RouteSocket(namespace: ns)
@@ -58,8 +60,8 @@ public final class KernelBackend: EnforcementBackend {
             case .mismatched(let reasons):
                 // Rebuild the table and put its live elements back, in one transaction: flows
                 // keep being steered across the rebuild.
-                let now = SystemClock.boot()
-                let state = try readElements(now: now)
+                let state = try readElements()
+                let now = SystemClock.boot().adding(nanoseconds: 1_000_000 + 5_000 * UInt64(state.steering.count + 2 * state.anchors.count))
                 let tx = NFTTransaction()
                 tx.recreateAIPagingTable()
                 for (c, s) in state.steering { addSteer(tx, c, s.mark, s.deadline, now) }
@@ -98,7 +100,10 @@ public final class KernelBackend: EnforcementBackend {
         flush(plan.flushMarksBefore)
         try applyTC(plan.tcBefore)
         if !plan.nft.isEmpty {
-            let now = SystemClock.boot()
+            // The kernel starts an element's timeout when it processes it, a little after this
+            // clock reading: the margin (1 ms + 5 µs per change) keeps every element expiring at
+            // or before its lease's deadline, never after.
+            let now = SystemClock.boot().adding(nanoseconds: 1_000_000 + 5_000 * UInt64(plan.nft.count))
             let tx = NFTTransaction()
             for change in plan.nft {
                 switch change {
@@ -123,13 +128,18 @@ public final class KernelBackend: EnforcementBackend {
 
     public func observe() throws(EnforcementError) -> KernelState {
         do {
-            let now = SystemClock.boot()
-            var state = try readElements(now: now)
+            var state = try readElements()
             for ifindex in try tc.interfacesWithAIPagingRoot() {
                 let name = try route.interfaceName(index: ifindex)
                 ifindexCache[name] = ifindex
                 let rootClasses = try tc.classes(ifindex: ifindex, qdisc: AIPagingHTB.rootQdisc)
-                let capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                var capacity = rootClasses.first { $0.handle == AIPagingHTB.aggregateClass }?.htb?.ceilKbit ?? 0
+                // A skeleton missing its best-effort class or its eBPF classifier (drift) reads
+                // as capacity 0: the plan then re-ensures the skeleton, which puts them back.
+                let classified = try tc.filters(ifindex: ifindex, parent: AIPagingHTB.rootQdisc).contains { $0.isAIPagingFilter }
+                if !classified || !rootClasses.contains(where: { $0.handle == AIPagingHTB.bestEffortClass }) {
+                    capacity = 0
+                }
                 var iface = KernelState.Interface(capacityKbit: capacity)
                 for c in rootClasses where c.handle.major == Layout.rootMajor && AIPagingHTB.groupRange.contains(c.handle.minor) {
                     let major = c.handle.minor
@@ -188,6 +198,16 @@ public final class KernelBackend: EnforcementBackend {
         if !pendingFlushes.isEmpty { flush(Array(pendingFlushes)) }
     }
 
+    /// Subscribes to the namespace's nftables and tc notifications, ignoring those caused by
+    /// this backend's own nftables and rtnetlink sockets (their port ids).
+    public func watchForeignChanges(_ onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) throws(EnforcementError) -> KernelChangeMonitor? {
+        do {
+            return try KernelChangeMonitor(namespace: namespace, ignoring: [nft.portID, route.portID], onChange: onChange)
+        } catch {
+            throw Self.fail("watching \(location) for changes by other processes", error)
+        }
+    }
+
     // MARK: helpers
 
     static func key(_ c: Classifier) -> NFTSteeringKey {
@@ -220,21 +240,33 @@ public final class KernelBackend: EnforcementBackend {
         }
     }
 
-    func readElements(now: BootInstant) throws(KernelError) -> KernelState {
+    /// The table's elements. Each element's deadline is the time its dump started plus the
+    /// remaining life the kernel reported: a lower bound, early by at most `readSkewNs`.
+    func readElements() throws(KernelError) -> KernelState {
         var state = KernelState()
-        func deadline(_ expires: UInt64?) -> BootInstant { now.adding(milliseconds: expires ?? 0) }
+        var skew: UInt64 = 0
+        func timed<T>(_ body: () throws(KernelError) -> T) throws(KernelError) -> (T, BootInstant) {
+            let start = SystemClock.boot()
+            let r = try body()
+            skew = max(skew, start.nanoseconds(until: SystemClock.boot()))
+            return (r, start)
+        }
         for fam in [IPAddress.Family.ipv4, .ipv6] {
-            for e in try nft.listSteering(family: fam) {
+            let (steer, t1) = try timed { () throws(KernelError) in try nft.listSteering(family: fam) }
+            for e in steer {
                 let c = Classifier(client: e.key.client, service: e.key.service, proto: e.key.proto == .tcp ? .tcp : .udp, port: e.key.port)
-                state.steering[c] = .init(mark: e.mark, deadline: deadline(e.expiresMs))
+                state.steering[c] = .init(mark: e.mark, deadline: t1.adding(milliseconds: e.expiresMs ?? 0))
             }
-            for e in try nft.listAnchors(family: fam) {
-                state.anchors[e.mark] = .init(address: e.address, port: e.port, deadline: deadline(e.expiresMs))
+            let (anchors, t2) = try timed { () throws(KernelError) in try nft.listAnchors(family: fam) }
+            for e in anchors {
+                state.anchors[e.mark] = .init(address: e.address, port: e.port, deadline: t2.adding(milliseconds: e.expiresMs ?? 0))
             }
         }
-        for e in try nft.listQoS() where e.direction == .original {
-            state.qos[e.mark] = .init(classid: e.classid, deadline: deadline(e.expiresMs))
+        let (qos, t3) = try timed { () throws(KernelError) in try nft.listQoS() }
+        for e in qos where e.direction == .original {
+            state.qos[e.mark] = .init(classid: e.classid, deadline: t3.adding(milliseconds: e.expiresMs ?? 0))
         }
+        state.readSkewNs = skew
         return state
     }
 

@@ -1,7 +1,9 @@
 import AIPagingCore
+import AIPagingKernel
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// An enforcement point: a namespace whose nftables table and HTB classes the agent owns.
 public struct EnforcementPointConfig: Sendable, Equatable {
@@ -43,6 +45,11 @@ public actor LeaseService {
         let backend: any EnforcementBackend
         var applied = KernelState()
         var needsResync = true
+        /// Verify (and rebuild if needed) the nftables schema before the next resync: set when
+        /// someone else touched the table itself, or a resync failed.
+        var needsPrepare = false
+        /// Why the next resync runs (for its log line): start, drift, a failed apply, ...
+        var resyncReason: String?
         var routeCache: [IPAddress: (String, BootInstant)] = [:]
     }
 
@@ -51,12 +58,18 @@ public actor LeaseService {
         case revoke(LeaseID, CheckedContinuation<Lease, any Error>)
         case tick
         case resync
+        /// Resync the points marked `needsResync` (drift repair); no other point.
+        case repair
     }
 
     public private(set) var table: LeaseTable
     var points: [String: Point] = [:]
     public let defaultPoint: String
     public private(set) var policy: Policy
+    /// The same policy, readable without a hop onto the service's executor (the control API
+    /// checks peers and signatures before any lease work).
+    private let policySnapshot: Mutex<Policy>
+    public nonisolated var currentPolicy: Policy { policySnapshot.withLock { $0 } }
     let planner: Planner
     let clock: any AgentClock
     public let events: EventBus
@@ -66,6 +79,8 @@ public actor LeaseService {
     /// A flush of `pending` is queued on the loop (requests arriving meanwhile join its batch).
     var flushScheduled = false
     var stopped = false
+    /// Monitors of foreign kernel changes, one per enforcement point (`startWatching`).
+    var monitors: [KernelChangeMonitor] = []
     /// Called with the earliest deadline after every batch (the timerfd arms itself there).
     var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
     /// Called with every lifecycle event and the lease as it is after it (evidence, measurement),
@@ -74,6 +89,8 @@ public actor LeaseService {
     /// Admissions, rejections and latencies as they happen.
     var metrics: AgentMetrics?
     public private(set) var stats = Stats()
+    /// Durable record of leases (nil: nothing survives a restart, as in unit tests).
+    let journal: LeaseJournal?
 
     public struct Stats: Sendable {
         public var admitted = 0
@@ -82,9 +99,10 @@ public actor LeaseService {
         public var revoked = 0
         public var expired = 0
         public var drained = 0
-        public var rejected: [RejectCause: Int] = [:]
         public var resyncs = 0
         public var repairs = 0
+        /// Reports of kernel changes made by another process (drift), each followed by a resync.
+        public var driftReports = 0
         public var batches = 0
         public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
@@ -93,7 +111,9 @@ public actor LeaseService {
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
                 clock: any AgentClock = SystemClock(), planner: Planner = Planner(), groupSize: Int = Layout.defaultGroupSize,
-                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases"), loop: (any EventLoop)? = nil) {
+                events: EventBus = EventBus(), logger: Logger = Logger(label: "aipaging.leases"), loop: (any EventLoop)? = nil,
+                journal: sending LeaseJournal? = nil) {
+        self.journal = journal
         precondition(!configs.isEmpty, "at least one enforcement point")
         if let loop {
             self.thread = nil
@@ -110,14 +130,17 @@ public actor LeaseService {
         }
         self.defaultPoint = configs[0].name
         self.policy = policy
+        self.policySnapshot = Mutex(policy)
         self.clock = clock
         self.planner = planner
         self.events = events
         self.logger = logger
     }
 
+    /// Installs the timer callback and arms it at the current earliest deadline.
     public func setDeadlineObserver(_ observer: @escaping @Sendable (BootInstant?) -> Void) {
         onDeadlineChange = observer
+        rearm()
     }
 
     /// Installs the observer of lifecycle events (the evidence log and the measurement exporter).
@@ -178,8 +201,55 @@ public actor LeaseService {
 
     /// Forces a full reconcile of every enforcement point (start, drift, after failures).
     public func requestResync() {
-        for k in points.keys { points[k]!.needsResync = true }
+        for k in points.keys {
+            points[k]!.needsResync = true
+            points[k]!.resyncReason = points[k]!.resyncReason ?? "requested"
+        }
         enqueue(.resync)
+    }
+
+    // MARK: drift
+
+    /// Starts watching every enforcement point's kernel for changes made by other processes
+    /// (see `KernelChangeMonitor`): each report is logged and followed by a resync of that point
+    /// alone, which puts back what was altered or deleted and removes what was added without a
+    /// lease. The agent's own changes are never reported. Returns the points that could not be
+    /// watched, with the reason (the agent still enforces there; only drift repair is missing).
+    @discardableResult
+    public func startWatching() -> [String: EnforcementError] {
+        var failed: [String: EnforcementError] = [:]
+        for name in points.keys.sorted() {
+            do {
+                if let m = try points[name]!.backend.watchForeignChanges({ [self] report in self.kernelChanged(name, report) }) {
+                    monitors.append(m)
+                }
+            } catch {
+                failed[name] = error
+                logger.error("cannot watch the kernel for changes by other processes; drift will not be repaired until the next restart",
+                             metadata: ["point": "\(name)", "error": "\(error.message)"])
+            }
+        }
+        return failed
+    }
+
+    /// Called by a monitor thread: hands the report to the service's loop.
+    nonisolated func kernelChanged(_ point: String, _ report: KernelChangeMonitor.Report) {
+        loop.execute { [self] in self.assumeIsolated { $0.repairDrift(point, report) } }
+    }
+
+    func repairDrift(_ point: String, _ report: KernelChangeMonitor.Report) {
+        guard !stopped, points[point] != nil else { return }
+        stats.driftReports += 1
+        var what = report.changes.map(\.description)
+        if report.count > report.changes.count { what.append("... \(report.count) notifications in all") }
+        if report.lost { what.append("notifications were lost (receive queue overrun)") }
+        var meta: Logger.Metadata = ["point": "\(point)", "changes": "\(what.joined(separator: "; "))"]
+        if !report.origins.isEmpty { meta["by"] = "\(report.origins.joined(separator: ","))" }
+        logger.warning("kernel state of the agent was changed by another process; repairing", metadata: meta)
+        points[point]!.needsResync = true
+        points[point]!.resyncReason = "drift"
+        if report.schema { points[point]!.needsPrepare = true }
+        enqueue(.repair)
     }
 
     public func lease(_ id: LeaseID) -> Lease? { table[id] }
@@ -192,7 +262,10 @@ public actor LeaseService {
 
     public func pointConfig(_ name: String) -> EnforcementPointConfig? { points[name]?.config }
 
-    public func updatePolicy(_ p: Policy) { policy = p }
+    public func updatePolicy(_ p: Policy) {
+        policy = p
+        policySnapshot.withLock { $0 = p }
+    }
 
     public func counters(point: String) throws -> [UInt32: FlowCounters] {
         guard let p = points[point] else { return [:] }
@@ -211,6 +284,7 @@ public actor LeaseService {
             } catch {
                 throw EnforcementError(error.cause, "preparing \(name) (\(p.backend.location)): \(error.message)")
             }
+            points[name]!.resyncReason = "start"
             _ = resync(name)
             if points[name]!.needsResync {
                 throw EnforcementError(.enforcementFailed, "could not reconcile \(name) (\(p.backend.location)) at start")
@@ -222,6 +296,8 @@ public actor LeaseService {
     /// Stops the run loop; with `flush`, removes every piece of the agent's kernel state.
     public func stop(flush: Bool) {
         stopped = true
+        for m in monitors { m.stop() }
+        monitors = []
         failPending(LeaseError(.shuttingDown, "the agent is stopping"))
         if flush {
             for name in points.keys.sorted() {
@@ -247,7 +323,7 @@ public actor LeaseService {
             switch w {
             case .commit(_, let c): c.resume(throwing: e)
             case .revoke(_, let c): c.resume(throwing: e)
-            case .tick, .resync: break
+            case .tick, .resync, .repair: break
             }
         }
     }
@@ -317,6 +393,8 @@ public actor LeaseService {
                 }
             case .resync:
                 wantResync = true
+            case .repair:
+                break   // the points to repair are marked needsResync
             }
         }
 
@@ -341,7 +419,8 @@ public actor LeaseService {
             _ = resync(name)
         }
 
-        for c in commits { finishCommit(c, at: applyDone) }
+        // Leases whose failed batch is retried one at a time.
+        var installed = commits
         for c in retry {
             let point = c.admission.lease.enforcementPoint
             if points[point]!.needsResync {
@@ -364,7 +443,7 @@ public actor LeaseService {
                     reject(e)
                     c.continuation.resume(throwing: e)
                 } else {
-                    finishCommit(PendingCommit(request: c.request, continuation: c.continuation, admission: adm), at: clock.now())
+                    installed.append(PendingCommit(request: c.request, continuation: c.continuation, admission: adm))
                 }
             } catch let e as LeaseError {
                 reject(e)
@@ -374,6 +453,38 @@ public actor LeaseService {
             }
         }
 
+        // Durability before any answer: one journal append (one fdatasync) for the batch.
+        if let journal {
+            var records: [JournalRecord] = []
+            for c in installed {
+                guard var l = table[c.admission.lease.id] else { continue }
+                if l.state == .admitted { l.state = .active }
+                records.append(.lease(l))
+                if case .relocation(let old) = c.admission.kind, let o = table[old] { records.append(.lease(o)) }
+            }
+            for (_, _, l) in revokes { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
+            for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
+            if !records.isEmpty {
+                do {
+                    try journal.append(records, clock: applyDone)
+                } catch {
+                    // Not durable, so not acknowledged: undo the admissions (kernel included).
+                    logger.critical("lease journal write failed; refusing the batch's admissions", metadata: ["error": "\(error)"])
+                    var touched: Set<String> = []
+                    for c in installed.reversed() {
+                        table.rollback(c.admission.undo)
+                        touched.insert(c.admission.lease.enforcementPoint)
+                        let e = LeaseError(.enforcementFailed, "lease \(c.request.leaseID) could not be recorded durably (\(error)); nothing of it remains")
+                        reject(e)
+                        c.continuation.resume(throwing: e)
+                    }
+                    installed = []
+                    for name in touched.sorted() { _ = resync(name) }
+                }
+            }
+        }
+
+        for c in installed { finishCommit(c, at: applyDone) }
         for (_, cont, lease) in revokes {
             stats.revoked += 1
             publish(.revoked, lease, at: applyDone)
@@ -393,6 +504,7 @@ public actor LeaseService {
             if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
             publish(kind, lease, at: applyDone, related: lease.replacedBy)
         }
+        if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
     }
 
@@ -449,10 +561,12 @@ public actor LeaseService {
         c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done))
     }
 
-    func reject(_ e: LeaseError) {
-        stats.rejected[e.cause, default: 0] += 1
-        metrics?.rejected(e.cause)
-    }
+    func reject(_ e: LeaseError) { recordRejection(e.cause) }
+
+    /// Refused requests by cause, counted wherever they are refused (API or service).
+    private let rejections = Mutex<[RejectCause: Int]>([:])
+    public nonisolated func recordRejection(_ cause: RejectCause) { rejections.withLock { $0[cause, default: 0] += 1 } }
+    public nonisolated var rejectionCounts: [RejectCause: Int] { rejections.withLock { $0 } }
 
     func publish(_ kind: LifecycleEvent.Kind, _ l: Lease, at t: ClockReading, related: LeaseID? = nil,
                  relatedAnchor: Anchor? = nil, detail: JSON.Object = JSON.Object()) {
@@ -494,19 +608,29 @@ public actor LeaseService {
         } catch {
             logger.error("kernel apply failed; resyncing", metadata: ["point": "\(name)", "error": "\(error.message)"])
             points[name]!.needsResync = true
+            points[name]!.resyncReason = "a failed apply"
             return error
         }
     }
 
     /// Reads the kernel back and makes it match the lease table completely. Returns the number
-    /// of repairs (changes) it had to make.
+    /// of repairs (changes) it had to make; logs each of them (up to a dozen) with the reason.
     @discardableResult
     func resync(_ name: String) -> Int {
         let p = points[name]!
         stats.resyncs += 1
+        let reason = p.resyncReason ?? "resync"
+        points[name]!.resyncReason = nil
         do {
+            if p.needsPrepare {
+                try p.backend.prepare()
+                points[name]!.needsPrepare = false
+            }
             let observed = try p.backend.observe()
-            let tolerant = Planner(drainGraceNs: planner.drainGraceNs, deadlineToleranceNs: 20_000_000)
+            // Read-back deadlines are lower bounds (read time + remaining, rounded to jiffies):
+            // an element is accepted from the dump's skew + 20 ms early to 10 ms late.
+            let tolerant = Planner(drainGraceNs: planner.drainGraceNs, earlyToleranceNs: observed.readSkewNs + 20_000_000,
+                                   lateToleranceNs: 10_000_000)
             let scope = Scope.everything(point: name, table: table, applied: observed)
             let plan = tolerant.plan(point: name, scope: scope, table: table, applied: observed, capacityKbit: p.config.capacityKbit)
             if !plan.isEmpty { try p.backend.apply(plan) }
@@ -514,15 +638,25 @@ public actor LeaseService {
             applied.merge(scope: scope, result: plan.result)
             points[name]!.applied = applied
             points[name]!.needsResync = false
-            let changes = plan.nft.count + plan.tcBefore.count + plan.tcAfter.count
+            let changes = plan.changeCount
             if changes > 0 {
                 stats.repairs += changes
-                logger.notice("reconciled kernel with leases", metadata: ["point": "\(name)", "changes": "\(changes)"])
+                let byMark = table.index(name)?.byMark ?? [:]
+                let all = plan.describedChanges { byMark[$0] }
+                // A start-up reconcile may change thousands of elements: log the first ones.
+                let lines = all.count > 20 ? Array(all.prefix(20)) + ["… \(all.count - 20) more"] : all
+                logger.notice(reason == "drift" ? "repaired kernel drift" : "reconciled kernel with leases",
+                              metadata: ["point": "\(name)", "reason": "\(reason)", "changes": "\(changes)",
+                                         "repairs": "\(lines.joined(separator: "; "))"])
+            } else if reason == "drift" {
+                logger.info("kernel drift needed no repair", metadata: ["point": "\(name)"])
             }
             return changes
         } catch {
             points[name]!.needsResync = true
-            logger.error("resync failed", metadata: ["point": "\(name)", "error": "\(error)"])
+            points[name]!.needsPrepare = true
+            points[name]!.resyncReason = reason
+            logger.error("resync failed; retrying with the next reconcile", metadata: ["point": "\(name)", "reason": "\(reason)", "error": "\(error)"])
             return 0
         }
     }
@@ -621,5 +755,56 @@ extension LeaseService {
     public func withBackend<T: Sendable>(_ point: String, _ body: @Sendable (any EnforcementBackend) throws -> T) rethrows -> T? {
         guard let p = points[point] else { return nil }
         return try body(p.backend)
+    }
+}
+
+extension LeaseService {
+    /// Loads the journal (if any) and rebuilds the lease table from it; call before `start()`.
+    public func recover() throws -> (restored: Int, dropped: Int, truncatedBytes: Int) {
+        guard let journal else { return (0, 0, 0) }
+        let now = clock.now()
+        let (records, cut) = try journal.load(clock: now)
+        if cut > 0 {
+            logger.warning("cut a torn record off the end of the lease journal", metadata: ["bytes": "\(cut)"])
+        }
+        let dropped = restore(from: records)
+        return (table.liveCount, dropped.count, cut)
+    }
+
+    /// Replaces the lease table with the journal's (start, before `start()` reconciles the kernel).
+    /// Returns the leases that ended while the agent was down.
+    public func restore(from records: [JournalRecord]) -> [Lease] {
+        let now = clock.now()
+        let (restored, dropped) = LeaseTable.replay(records, now: now.boot, groupSize: table.groupSize)
+        table = restored
+        deadlines = DeadlineQueue()
+        for l in table.leases.values { deadlines.push(l.nextDeadline, l.id) }
+        for l in dropped {
+            let kind: LifecycleEvent.Kind = l.state == .draining && (l.drainEndsAt ?? l.deadline) < l.deadline ? .drained : .expired
+            publish(kind, l, at: now, related: l.replacedBy, detail: JSON.Object(["while_agent_down": true]))
+        }
+        if let journal {
+            let records: [JournalRecord] = dropped.map {
+                .ended(id: $0.id, state: .expired, generation: $0.request.generation, at: now.wall, mark: $0.mark, point: $0.enforcementPoint)
+            }
+            if !records.isEmpty { try? journal.append(records, clock: now) }
+            if journal.needsCompaction { compactJournal(journal) }
+        }
+        return dropped
+    }
+
+    func compactJournal(_ journal: LeaseJournal) {
+        let now = clock.now()
+        var records: [JournalRecord] = points.keys.sorted().map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
+        records += table.leases.values.map { .lease($0) }
+        for (id, g) in table.endedGenerations {
+            records.append(.ended(id: id, state: .expired, generation: g, at: now.wall, mark: 0, point: defaultPoint))
+        }
+        do {
+            try journal.compact(records, clock: now)
+            logger.info("compacted the lease journal", metadata: ["records": "\(records.count)"])
+        } catch {
+            logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
+        }
     }
 }

@@ -8,7 +8,7 @@ import Synchronization
 ///
 /// Each runtime has its own registry (several agents can live in one test process; nothing is
 /// bootstrapped globally). Events are counted where they happen (the lease service records
-/// admissions, rejections and latencies; the exporter records each window's delay and loss);
+/// admissions and latencies; the exporter records each window's delay and loss);
 /// levels (leases by state, capacity) are set from a snapshot when the endpoint is scraped.
 ///
 /// **Bounded cardinality**: per-AISI delay/loss series exist for at most `maxAISI` AISIs at a time
@@ -24,7 +24,6 @@ public final class AgentMetrics: Sendable {
     let expiryLateness: CoreMetrics.Timer
     let admissions: [String: CoreMetrics.Counter]
     let events: [String: CoreMetrics.Counter]
-    let rejections = Mutex<[RejectCause: CoreMetrics.Counter]>([:])
     let gauges = Mutex<[String: Meter]>([:])
     let deltas = Mutex<[String: (CoreMetrics.Counter, UInt64)]>([:])
 
@@ -71,16 +70,6 @@ public final class AgentMetrics: Sendable {
         case .relocation: admissions["relocation"]?.increment()
         }
         installLatency.recordNanoseconds(Int64(clamping: latencyNs))
-    }
-
-    public func rejected(_ cause: RejectCause) {
-        let c = rejections.withLock { r -> CoreMetrics.Counter in
-            if let c = r[cause] { return c }
-            let c = Counter(label: "aipaging_rejections_total", dimensions: [("cause", cause.rawValue)], factory: factory)
-            r[cause] = c
-            return c
-        }
-        c.increment()
     }
 
     public func expiryLate(nanoseconds ns: UInt64) { expiryLateness.recordNanoseconds(Int64(clamping: ns)) }
@@ -172,6 +161,9 @@ public final class AgentMetrics: Sendable {
         total("aipaging_resyncs_total", [], UInt64(s.stats.resyncs))
         total("aipaging_repairs_total", [], UInt64(s.stats.repairs))
         total("aipaging_batches_total", [], UInt64(s.stats.batches))
+        total("aipaging_kernel_drift_total", [], UInt64(s.stats.driftReports))
+        // Refused requests by cause, wherever they were refused (the API's decoding or the service).
+        for (cause, n) in service.rejectionCounts { total("aipaging_rejections_total", [("cause", cause.rawValue)], UInt64(n)) }
         for p in s.points {
             gauge("aipaging_capacity_kbit", [("point", p.config.name)], Double(p.config.capacityKbit))
             gauge("aipaging_guaranteed_kbit", [("point", p.config.name)], Double(p.guaranteedKbit))

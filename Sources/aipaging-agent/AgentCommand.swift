@@ -13,6 +13,8 @@ struct AgentCommand: AsyncParsableCommand {
         discussion: """
         Runs in the foreground until SIGTERM/SIGINT. SIGHUP reloads the policy file without touching leases.
         Flags override the config file; --netns and --capacity-kbit configure the first enforcement point.
+        Under systemd: Type=notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and socket activation
+        (the control socket passed as fd 3 is used instead of binding --socket).
         """,
         version: AgentVersion.string)
 
@@ -63,26 +65,55 @@ struct AgentCommand: AsyncParsableCommand {
             }
         }
         let cfg0 = cfg
-        let runtime = AgentRuntime(config: cfg, policy: pol, points: points, backends: backends, logger: logger)
-        let listening = try openSocket(cfg, logger: logger)
+        let journal: LeaseJournal
+        do {
+            journal = try LeaseJournal(stateDir: cfg.stateDir)
+        } catch {
+            logger.critical("cannot open the lease journal", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        let runtime = AgentRuntime(config: cfg, policy: pol, points: points, backends: backends, logger: logger, journal: journal)
+        let notifier = SystemdNotifier()
+        let watchdog = SystemdWatchdog.fromEnvironment()
+        let listening: ListeningSocket
+        let socketPath: String
+        do {
+            if let activated = try SocketActivation.listeningSocket() {
+                listening = activated.socket
+                socketPath = activated.boundPath
+                logger.info("using the control socket passed by systemd (socket activation)", metadata: ["socket": "\(socketPath)"])
+            } else {
+                listening = try openSocket(cfg, logger: logger)
+                socketPath = cfg.socketPath
+            }
+        } catch {
+            logger.critical("cannot open the control socket", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        if let watchdog { logger.info("systemd watchdog armed", metadata: ["timeout": "\(watchdog.timeout)"]) }
 
         let task = Task {
-            try await runtime.run(socket: listening) {
-                logger.notice("serving", metadata: ["socket": "\(cfg0.socketPath)",
+            try await runtime.run(socket: listening, notifier: notifier, watchdog: watchdog) {
+                logger.notice("serving", metadata: ["socket": "\(socketPath)",
                                                      "points": "\(points.map { "\($0.name)@\($0.netns ?? "-")" }.joined(separator: ","))",
                                                      "policy": "\(pol.name)"])
             }
         }
         let signals = SignalHandlers()
-        signals.on(SIGTERM) { logger.notice("SIGTERM: stopping"); task.cancel() }
-        signals.on(SIGINT) { logger.notice("SIGINT: stopping"); task.cancel() }
+        signals.on(SIGTERM) { logger.notice("SIGTERM: stopping"); notifier.stopping(); task.cancel() }
+        signals.on(SIGINT) { logger.notice("SIGINT: stopping"); notifier.stopping(); task.cancel() }
         signals.on(SIGHUP) {
+            notifier.reloading()
             do {
                 let p = try loadPolicy(cfg0.policyPath, logger: logger)
-                Task { await runtime.service.updatePolicy(p) }
-                logger.notice("policy reloaded", metadata: ["policy": "\(p.name)"])
+                Task {
+                    await runtime.service.updatePolicy(p)
+                    logger.notice("policy reloaded", metadata: ["policy": "\(p.name)"])
+                    notifier.ready(status: await runtime.service.statusLine())
+                }
             } catch {
                 logger.error("policy reload failed; keeping the current policy", metadata: ["error": "\(error)"])
+                Task { notifier.ready(status: "\(await runtime.service.statusLine()); policy reload failed, see the log") }
             }
         }
         do {

@@ -63,7 +63,8 @@ import Testing
             let message = b["error"]?["message"]?.stringValue ?? ""
             #expect(!message.isEmpty)
         }
-        #expect(try await agent.call("POST", "/v1/leases").0 == 405)
+        #expect(try await agent.call("PATCH", "/v1/leases").0 == 405)
+        #expect(try await agent.call("POST", "/v1/leases/x").0 == 405)
         #expect(try await agent.call("GET", "/v2/nothing").1["error"]?["cause"]?.stringValue == "not_found")
         // Malformed HTTP: the codec answers 400 and closes.
         let garbage = try await agent.rawSocket(Array("NOT-HTTP\r\n\r\n".utf8))
@@ -257,5 +258,29 @@ func onThreads<T: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) -> T) as
             }
         }
         group.notify(queue: .global()) { c.resume(returning: results.withLock { $0.map { $0! } }) }
+    }
+}
+
+@Suite struct BatchAPITests {
+    @Test func batchAdmitsEachItemOnItsOwn() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        var items: [JSON] = (0..<20).map { lease("b\($0)", client: "198.18.9.\($0 + 1)") }
+        items.insert(lease("bad", rate: 9000, ceil: 10), at: 3)
+        items.append(lease("dup", client: "198.18.9.1"))   // the classifier of b0
+        items.append(["lease_id": "broken"])
+        let (s, body) = try await agent.call("POST", "/v1/leases", json: ["leases": .array(items)])
+        #expect(s == 200)
+        let results = try #require(body["results"]?.arrayValue)
+        #expect(results.count == 23)
+        #expect(results[0]["status"]?.int64Value == 201 && results[0]["lease"]?["state"]?.stringValue == "active")
+        #expect(results[3]["status"]?.int64Value == 422 && results[3]["error"]?["cause"]?.stringValue == "rate_exceeds_ceil")
+        #expect(results[3]["lease_id"]?.stringValue == "bad")
+        #expect(results[21]["error"]?["cause"]?.stringValue == "classifier_conflict")
+        #expect(results[22]["error"]?["cause"]?.stringValue == "missing_field")
+        #expect(results.filter { $0["status"]?.int64Value == 201 }.count == 20)
+        #expect(try await agent.kernel().steering.count == 20)
+        #expect(try await agent.call("POST", "/v1/leases", json: ["nope": 1]).0 == 400)
+        #expect(try await agent.call("DELETE", "/v1/leases").0 == 405)
     }
 }

@@ -8,7 +8,8 @@ import AIPagingCore
 /// entries in the table. Entries are real (UDP sent from the namespace through an nft `ct`
 /// rule, UDP timeout raised to 600 s). `swift test -c release --filter Benchmark`.
 extension Live {
-    @Suite struct ConntrackBenchmark {
+    /// Runs only with AIP_BENCH=1 (scripts/bench-kernel): benchmarks are not part of `swift test`.
+    @Suite(.enabled(if: benchmarksEnabled)) struct ConntrackBenchmark {
         static let mark: UInt32 = 0xa100_0005
 
         /// 20 marked flows and 20 unmarked classifier flows per family.

@@ -31,7 +31,7 @@ import AIPagingCore
 
             #expect(try socket.verifyAIPagingSchema() == .intact)
             let table = try #require(try socket.aipagingTable())
-            #expect(table.comment == "aipaging schema 1")
+            #expect(table.comment == "aipaging schema 2")
             #expect(!table.isOwned && !table.isDormant)
         }
     }

@@ -175,7 +175,7 @@ import AIPagingCore
         try NFT.withNamespace("schema") { ns, socket in
             // An older/foreign table: other marker, a missing rule, an extra chain.
             let foreign = NFT.schemaOnly
-                .replacingOccurrences(of: "aipaging schema 1", with: "aipaging schema 0")
+                .replacingOccurrences(of: "aipaging schema 2", with: "aipaging schema 0")
                 .replacingOccurrences(of: "\t\tcounter packets 0 bytes 0 drop\n", with: "")
                 + "table inet aipaging {\n\tchain extra {\n\t}\n}\n"
             try ns.exec(["nft", "-f", "-"], input: foreign)

@@ -52,7 +52,7 @@ enum NFT {
     /// `expires` normalised away. It is also valid `nft -f` input.
     static let golden = """
     table inet aipaging {
-    \tcomment "aipaging schema 1"
+    \tcomment "aipaging schema 2"
     \tmap lease4 {
     \t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service : mark
     \t\tflags timeout
@@ -90,8 +90,8 @@ enum NFT {
 
     \tchain steer {
     \t\ttype filter hook prerouting priority mangle; policy accept;
-    \t\tct state new ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4
-    \t\tct state new ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6
+    \t\tct status ! confirmed ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4
+    \t\tct status ! confirmed ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6
     \t}
 
     \tchain nat {

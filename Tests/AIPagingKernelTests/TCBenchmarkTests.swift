@@ -8,7 +8,8 @@ import AIPagingCore
 /// `swift test -c release --filter Benchmark`.
 /// The big cases (10 000 and 60 000 leases, flat 8 000) need AIP_BENCH_FULL=1 or take ~1 min.
 extension Live {
-    @Suite struct TCBenchmark {
+    /// Runs only with AIP_BENCH=1 (scripts/bench-kernel): benchmarks are not part of `swift test`.
+    @Suite(.enabled(if: benchmarksEnabled)) struct TCBenchmark {
         static let full = ProcessInfo.processInfo.environment["AIP_BENCH_FULL"] != nil
         static let capacity: UInt64 = 10_000_000
 

@@ -37,29 +37,60 @@ public enum JSON: Sendable, Equatable {
         }
     }
 
-    /// An object: ordered keys, unique by construction.
+    /// An object: ordered keys, unique by construction. Small objects (the common case) are a
+    /// plain array searched linearly, which beats hashing; past 16 keys a hash index is kept so
+    /// lookups (and the parser's duplicate check) stay O(1) even for hostile input.
     public struct Object: Sendable, Equatable {
-        public private(set) var keys: [String] = []
-        public private(set) var storage: [String: JSON] = [:]
+        public private(set) var pairs: [(String, JSON)] = []
+        private var index: [String: Int]?
+        static let indexThreshold = 16
 
         public init() {}
         public init(_ pairs: KeyValuePairs<String, JSON>) {
             for (k, v) in pairs { self[k] = v }
         }
 
+        func position(of key: String) -> Int? {
+            if let index { return index[key] }
+            return pairs.firstIndex { $0.0 == key }
+        }
+
         public subscript(key: String) -> JSON? {
-            get { storage[key] }
+            get { position(of: key).map { pairs[$0].1 } }
             set {
-                if let newValue {
-                    if storage.updateValue(newValue, forKey: key) == nil { keys.append(key) }
-                } else if storage.removeValue(forKey: key) != nil {
-                    keys.removeAll { $0 == key }
+                if let i = position(of: key) {
+                    if let newValue {
+                        pairs[i].1 = newValue
+                    } else {
+                        pairs.remove(at: i)
+                        rebuildIndex()
+                    }
+                } else if let newValue {
+                    pairs.append((key, newValue))
+                    if index != nil {
+                        index![key] = pairs.count - 1
+                    } else if pairs.count > Object.indexThreshold {
+                        rebuildIndex()
+                    }
                 }
             }
         }
 
-        public var count: Int { keys.count }
-        public var pairs: [(String, JSON)] { keys.map { ($0, storage[$0]!) } }
+        private mutating func rebuildIndex() {
+            guard pairs.count > Object.indexThreshold else { index = nil; return }
+            var ix = [String: Int](minimumCapacity: pairs.count)
+            for (i, p) in pairs.enumerated() { ix[p.0] = i }
+            index = ix
+        }
+
+        public var count: Int { pairs.count }
+        public var keys: [String] { pairs.map(\.0) }
+
+        public static func == (a: Object, b: Object) -> Bool {
+            guard a.pairs.count == b.pairs.count else { return false }
+            for (i, p) in a.pairs.enumerated() where p.0 != b.pairs[i].0 || p.1 != b.pairs[i].1 { return false }
+            return true
+        }
     }
 
     public struct ParseError: Error, Sendable, CustomStringConvertible, Equatable {
@@ -146,17 +177,23 @@ public enum JSON: Sendable, Equatable {
             out += "]"
         case .object(let o):
             out += "{"
-            for (i, k) in o.keys.enumerated() {
+            for (i, p) in o.pairs.enumerated() {
                 if i > 0 { out += "," }
-                JSON.writeString(k, into: &out)
+                JSON.writeString(p.0, into: &out)
                 out += ":"
-                o.storage[k]!.write(into: &out)
+                p.1.write(into: &out)
             }
             out += "}"
         }
     }
 
     static func writeString(_ s: String, into out: inout String) {
+        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C }) {
+            out += "\""
+            out += s
+            out += "\""
+            return
+        }
         out += "\""
         for scalar in s.unicodeScalars {
             switch scalar {

@@ -50,6 +50,9 @@ public struct KernelState: Sendable, Equatable {
     public var anchors: [UInt32: AnchorTarget] = [:]
     public var qos: [UInt32: QoS] = [:]
     public var interfaces: [String: Interface] = [:]
+    /// For state read back from the kernel: the longest element dump took this long, so element
+    /// deadlines (read time + remaining) may be that much early.
+    public var readSkewNs: UInt64 = 0
 
     public init() {}
 

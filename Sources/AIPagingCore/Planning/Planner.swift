@@ -58,12 +58,16 @@ public struct PointPlan: Sendable, Equatable {
 public struct Planner: Sendable {
     /// Extra kernel life of a draining lease's state past its drain end (see `Lease.kernelDeadline`).
     public var drainGraceNs: UInt64
-    /// Deadlines closer than this are equal (kernel read-back has jiffy/ms granularity).
-    public var deadlineToleranceNs: UInt64
+    /// How much earlier than the lease deadline an element may expire and still count as right
+    /// (kernel read-back has jiffy/ms granularity, and a dump takes time).
+    public var earlyToleranceNs: UInt64
+    /// How much later: kept small, an element must never outlive its lease by more.
+    public var lateToleranceNs: UInt64
 
-    public init(drainGraceNs: UInt64 = 250_000_000, deadlineToleranceNs: UInt64 = 0) {
+    public init(drainGraceNs: UInt64 = 250_000_000, earlyToleranceNs: UInt64 = 0, lateToleranceNs: UInt64 = 0) {
         self.drainGraceNs = drainGraceNs
-        self.deadlineToleranceNs = deadlineToleranceNs
+        self.earlyToleranceNs = earlyToleranceNs
+        self.lateToleranceNs = lateToleranceNs
     }
 
     /// The desired state of `scope` at `point`.
@@ -98,9 +102,10 @@ public struct Planner: Sendable {
         return d
     }
 
-    func sameDeadline(_ a: BootInstant, _ b: BootInstant) -> Bool {
-        let d = a > b ? a.nanoseconds - b.nanoseconds : b.nanoseconds - a.nanoseconds
-        return d <= deadlineToleranceNs
+    /// Whether an element with deadline `have` serves a lease whose deadline is `want`.
+    func sameDeadline(_ have: BootInstant, _ want: BootInstant) -> Bool {
+        have <= want ? want.nanoseconds - have.nanoseconds <= earlyToleranceNs
+                     : have.nanoseconds - want.nanoseconds <= lateToleranceNs
     }
 
     /// The changes that make `scope` of `applied` equal to the desired state.

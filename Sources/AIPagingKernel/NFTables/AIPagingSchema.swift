@@ -8,7 +8,7 @@ import AIPagingCore
 ///
 /// ```
 /// table inet aipaging {
-///     comment "aipaging schema 1"
+///     comment "aipaging schema 2"
 ///     map lease4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; flags timeout; }
 ///     map lease6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service : mark; flags timeout; }
 ///     map anchor4 { type mark : ipv4_addr . inet_service; flags timeout; }
@@ -16,8 +16,8 @@ import AIPagingCore
 ///     map qos { type mark . ct_dir : classid; flags timeout; counter; }
 ///     chain steer {
 ///         type filter hook prerouting priority mangle; policy accept;
-///         ct state new ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4
-///         ct state new ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6
+///         ct status ! confirmed ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4
+///         ct status ! confirmed ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6
 ///     }
 ///     chain nat {
 ///         type nat hook prerouting priority dstnat; policy accept;
@@ -45,7 +45,7 @@ public enum AIPagingNFT {
     public static let family = UInt8(NFPROTO_INET)
     /// Bumped whenever the maps, chains or rules change; a table with another marker is
     /// reported as `.mismatched` and must be recreated.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
     /// The table's userdata comment, read back to recognise the schema.
     public static var schemaMarker: String { "aipaging schema \(schemaVersion)" }
 
@@ -110,17 +110,20 @@ public enum AIPagingNFT {
     /// (`nft --debug=netlink`), so `nft list ruleset` prints the text above.
     static var rules: [NFTRuleSpec] {
         typealias R = NFTRegister
-        let ctState = UInt32(NFT_CT_STATE.rawValue), ctMark = UInt32(NFT_CT_MARK.rawValue)
+        let ctStatus = UInt32(NFT_CT_STATUS.rawValue), ctMark = UInt32(NFT_CT_MARK.rawValue)
         let ctDirection = UInt32(NFT_CT_DIRECTION.rawValue)
         let nfproto = UInt32(NFT_META_NFPROTO.rawValue), l4proto = UInt32(NFT_META_L4PROTO.rawValue)
         let network = UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue), transport = UInt32(NFT_PAYLOAD_TRANSPORT_HEADER.rawValue)
         let eq = UInt32(NFT_CMP_EQ.rawValue), neq = UInt32(NFT_CMP_NEQ.rawValue)
         let zero32 = NFTBytes.host32(0)
-        // ct state new: (state & IP_CT_NEW bit) != 0; the ct state bitmask is host order.
-        let ctStateNew: [NFTExpr] = [
-            .ctLoad(key: ctState, dreg: R.r1),
-            .bitwise(sreg: R.r1, dreg: R.r1, mask: NFTBytes.host32(8), xor: zero32),
-            .cmp(sreg: R.r1, op: neq, data: zero32),
+        // ct status ! confirmed: (status & IPS_CONFIRMED) == 0, i.e. the first packet of a
+        // connection, the one NAT binds on. Not `ct state new`: every packet of a UDP flow that
+        // never saw a reply is "new", and re-marking those would move a flow's lease (and QoS
+        // class) while its NAT binding stays with the old anchor. Host-order bitmask.
+        let ctUnconfirmed: [NFTExpr] = [
+            .ctLoad(key: ctStatus, dreg: R.r1),
+            .bitwise(sreg: R.r1, dreg: R.r1, mask: NFTBytes.host32(1 << 3 /* IPS_CONFIRMED */), xor: zero32),
+            .cmp(sreg: R.r1, op: eq, data: zero32),
         ]
         // ct mark 0xa1000000/8 (or != for the gate).
         func ctMarkIsLease(_ op: UInt32) -> [NFTExpr] {
@@ -128,7 +131,7 @@ public enum AIPagingNFT {
              .bitwise(sreg: R.r1, dreg: R.r1, mask: NFTBytes.host32(markMask), xor: zero32),
              .cmp(sreg: R.r1, op: op, data: NFTBytes.host32(markBase))]
         }
-        let steer4: [NFTExpr] = ctStateNew + [
+        let steer4: [NFTExpr] = ctUnconfirmed + [
             .metaLoad(key: nfproto, dreg: R.r1),
             .cmp(sreg: R.r1, op: eq, data: [UInt8(NFPROTO_IPV4)]),
             .payload(base: network, offset: 12, length: 4, dreg: R.r1),
@@ -138,7 +141,7 @@ public enum AIPagingNFT {
             .lookup(set: lease4, setID: setID(lease4), sreg: R.r1, dreg: R.r1),
             .ctSet(key: ctMark, sreg: R.r1),
         ]
-        let steer6: [NFTExpr] = ctStateNew + [
+        let steer6: [NFTExpr] = ctUnconfirmed + [
             .metaLoad(key: nfproto, dreg: R.r1),
             .cmp(sreg: R.r1, op: eq, data: [UInt8(NFPROTO_IPV6)]),
             .payload(base: network, offset: 8, length: 16, dreg: R.r1),
@@ -176,9 +179,9 @@ public enum AIPagingNFT {
         let gateDrop: [NFTExpr] = [.counter, .verdict(NF_DROP)]
         return [
             NFTRuleSpec(family: family, table: tableName, chain: steerChain, expressions: steer4,
-                        summary: "ct state new ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4"),
+                        summary: "ct status ! confirmed ct mark set ip saddr . ip daddr . meta l4proto . th dport map @lease4"),
             NFTRuleSpec(family: family, table: tableName, chain: steerChain, expressions: steer6,
-                        summary: "ct state new ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6"),
+                        summary: "ct status ! confirmed ct mark set ip6 saddr . ip6 daddr . meta l4proto . th dport map @lease6"),
             dnat(.tcp, v6: false), dnat(.udp, v6: false), dnat(.tcp, v6: true), dnat(.udp, v6: true),
             NFTRuleSpec(family: family, table: tableName, chain: gateChain, expressions: gatePass,
                         summary: "ct mark != 0xa1000000/8 accept"),

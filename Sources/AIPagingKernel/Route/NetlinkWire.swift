@@ -17,6 +17,9 @@ enum NetlinkWire {
         var type: UInt16
         var flags: UInt16
         var sequence: UInt32
+        /// `nlmsg_pid`: in a notification, the port id of the socket whose request caused it
+        /// (0 when the kernel itself made the change).
+        var portID: UInt32 = 0
         /// The bytes after the 16-byte header, `nlmsg_len - 16` long.
         var payload: UnsafeRawBufferPointer
         /// The whole message, header included (`nlmsg_len` bytes).
@@ -35,6 +38,7 @@ enum NetlinkWire {
                 type: datagram.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self),
                 flags: datagram.loadUnaligned(fromByteOffset: offset + 6, as: UInt16.self),
                 sequence: datagram.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self),
+                portID: datagram.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self),
                 payload: UnsafeRawBufferPointer(rebasing: datagram[(offset + headerSize)..<(offset + len)]),
                 whole: UnsafeRawBufferPointer(rebasing: datagram[offset..<(offset + len)]))
             try body(message)

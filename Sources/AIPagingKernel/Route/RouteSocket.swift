@@ -14,6 +14,10 @@ import Synchronization
 public final class RouteSocket: Sendable {
     /// The namespace the socket was opened in.
     public let namespace: NetworkNamespace
+    /// Netlink port id the kernel assigned to the socket (`nl_pid`). tc notifications caused by
+    /// this socket's requests carry it as `nlmsg_pid`, which is how `KernelChangeMonitor` tells
+    /// the agent's own changes from everyone else's.
+    public let portID: UInt32
     let core: Mutex<LibnlSocket>
 
     /// Opens the socket inside `namespace` (`withNetworkNamespace`), turns on extended ACKs
@@ -22,6 +26,7 @@ public final class RouteSocket: Sendable {
     public init(namespace: NetworkNamespace = .current) throws(KernelError) {
         self.namespace = namespace
         let fd = try openNetlinkSocket(netlinkProtocol: NETLINK_ROUTE, in: namespace, name: "NETLINK_ROUTE")
+        portID = netlinkPortID(fd: fd)
         core = Mutex(try LibnlSocket(adopting: fd))
     }
 
@@ -73,6 +78,16 @@ func openNetlinkSocket(netlinkProtocol: Int32, in namespace: NetworkNamespace, n
     var timeout = timeval(tv_sec: 30, tv_usec: 0)
     _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     return fd
+}
+
+/// The port id the kernel bound a netlink socket to (`getsockname`), 0 if it cannot tell.
+func netlinkPortID(fd: Int32) -> UInt32 {
+    var addr = sockaddr_nl()
+    var len = socklen_t(MemoryLayout<sockaddr_nl>.size)
+    let rc = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    return rc == 0 ? addr.nl_pid : 0
 }
 
 /// Owner of one libnl `nl_sock` and its receive buffer. Lives inside `RouteSocket`'s mutex and

@@ -32,6 +32,9 @@ int aip_peercred(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 /// depends on which module imported <sys/socket.h> first, so the netlink socket is made here.
 int aip_netlink_socket(int protocol);
 
+/// CRC-32 (IEEE, as zlib's crc32) of `len` bytes, continuing from `crc` (0 to start).
+uint32_t aip_crc32(uint32_t crc, const void *data, size_t len);
+
 /// Thread id of the caller (gettid).
 int aip_gettid(void);
 

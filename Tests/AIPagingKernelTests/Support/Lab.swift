@@ -228,3 +228,6 @@ func measure(_ body: () throws -> Void) rethrows -> Double {
 
 func fmtMicros(_ seconds: Double) -> String { String(format: "%.1f µs", seconds * 1e6) }
 func fmtMillis(_ seconds: Double) -> String { String(format: "%.2f ms", seconds * 1e3) }
+
+/// Benchmarks print figures and are run by `scripts/bench-kernel`, not by `swift test`.
+let benchmarksEnabled = ProcessInfo.processInfo.environment["AIP_BENCH"] != nil && Shell.isRoot

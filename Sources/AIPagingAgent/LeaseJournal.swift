@@ -1,0 +1,181 @@
+import AIPagingCore
+import CAIPagingShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The durable lease journal: an append-only file `leases.journal` in the state directory, one
+/// record per line as `CRC32HEX JSON\n`. A batch of records is one write(2) and one
+/// fdatasync(2) (group commit), done before any of the batch's requests is answered.
+///
+/// Why a log and not SQLite: the agent needs exactly "append a batch, make it durable, replay it
+/// at start"; a log does that with one syscall pair per batch and no dependency, and a torn last
+/// line (crash in mid-write) is recognized by its checksum and cut off. The log is rewritten as
+/// a snapshot (write temp, fsync, rename, fsync dir) when it grows past 4x the live state.
+///
+/// Not thread-safe: the lease service owns it and uses it from its executor only.
+public final class LeaseJournal {
+    public let path: String
+    public let bootID: String
+    var fd: Int32
+    public private(set) var sizeBytes: Int = 0
+    /// Bytes of the last snapshot (live state); compaction is due when the log is 4x that.
+    var snapshotBytes: Int = 0
+
+    public struct JournalError: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init(stateDir: String) throws(JournalError) {
+        path = stateDir + "/leases.journal"
+        bootID = LeaseJournal.readBootID()
+        fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw JournalError(description: "cannot open \(path): \(String(cString: strerror(errno))); is the state directory writable?")
+        }
+        var st = stat()
+        fstat(fd, &st)
+        sizeBytes = Int(st.st_size)
+        snapshotBytes = sizeBytes
+    }
+
+    deinit { close(fd) }
+
+    static func readBootID() -> String {
+        guard let f = fopen("/proc/sys/kernel/random/boot_id", "r") else { return "unknown" }
+        defer { fclose(f) }
+        var buf = [UInt8](repeating: 0, count: 64)
+        let n = fread(&buf, 1, 63, f)
+        return String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: "\n")
+    }
+
+    /// Every intact record, in order. A line that fails its checksum ends the journal: it and
+    /// anything after it (a torn write at a crash) are cut off the file.
+    public func load(clock: ClockReading) throws(JournalError) -> (records: [JournalRecord], truncatedBytes: Int) {
+        var data = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var off: off_t = 0
+        while true {
+            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw JournalError(description: "reading \(path): \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            data += buf[0..<n]
+            off += off_t(n)
+        }
+        var records: [JournalRecord] = []
+        var start = 0
+        var good = 0
+        while start < data.count {
+            guard let nl = data[start...].firstIndex(of: 0x0A) else { break }
+            let line = data[start..<nl]
+            guard line.count > 9, line[line.startIndex + 8] == 0x20,
+                  let crc = UInt32(String(decoding: line.prefix(8), as: UTF8.self), radix: 16) else { break }
+            let body = line.dropFirst(9)
+            guard LeaseJournal.crc(body) == crc, let json = try? JSON.parse(body),
+                  let r = try? JournalRecord.decode(json, bootID: bootID, clock: clock) else { break }
+            records.append(r)
+            start = nl + 1
+            good = start
+        }
+        let cut = data.count - good
+        if cut > 0 {
+            guard ftruncate(fd, off_t(good)) == 0 else {
+                throw JournalError(description: "cutting a torn tail off \(path): \(String(cString: strerror(errno)))")
+            }
+            _ = fdatasync(fd)
+        }
+        sizeBytes = good
+        snapshotBytes = max(snapshotBytes, good / 4)
+        return (records, cut)
+    }
+
+    static func encode(_ records: [JournalRecord], bootID: String, clock: ClockReading) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(records.count * 600)
+        for r in records {
+            let body = Array(r.json(bootID: bootID, clock: clock).serialized().utf8)
+            let hex = String(LeaseJournal.crc(body), radix: 16)
+            out += Array((String(repeating: "0", count: 8 - hex.count) + hex + " ").utf8)
+            out += body
+            out.append(0x0A)
+        }
+        return out
+    }
+
+    /// Appends the records and makes them durable (one write, one fdatasync).
+    public func append(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
+        let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = errno
+                // Leave no partial line behind: the next load would stop there.
+                _ = ftruncate(fd, off_t(sizeBytes))
+                throw JournalError(description: "writing \(path): \(String(cString: strerror(e)))")
+            }
+            written += n
+        }
+        guard fdatasync(fd) == 0 else {
+            throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))")
+        }
+        sizeBytes += bytes.count
+    }
+
+    /// CRC-32 of a record line (the shim's slice-by-8; the same value as `CRC32.checksum`).
+    static func crc(_ bytes: some Collection<UInt8>) -> UInt32 {
+        if let v = bytes.withContiguousStorageIfAvailable({ aip_crc32(0, $0.baseAddress, $0.count) }) { return v }
+        let a = Array(bytes)
+        return a.withUnsafeBytes { aip_crc32(0, $0.baseAddress, $0.count) }
+    }
+
+    public var needsCompaction: Bool { sizeBytes > max(16 << 20, 4 * snapshotBytes) }
+
+    /// Rewrites the journal as exactly `records` (the live state), atomically.
+    public func compact(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
+        let tmp = path + ".tmp"
+        let t = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard t >= 0 else { throw JournalError(description: "creating \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(t, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                close(t)
+                unlink(tmp)
+                throw JournalError(description: "writing \(tmp): \(String(cString: strerror(errno)))")
+            }
+            written += n
+        }
+        guard fsync(t) == 0 else {
+            close(t)
+            unlink(tmp)
+            throw JournalError(description: "fsync \(tmp): \(String(cString: strerror(errno)))")
+        }
+        close(t)
+        guard rename(tmp, path) == 0 else { throw JournalError(description: "rename \(tmp): \(String(cString: strerror(errno)))") }
+        let dirPath = path.hasPrefix("/") ? "/" + path.split(separator: "/").dropLast().joined(separator: "/") : "."
+        let dir = open(dirPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 { _ = fsync(dir); close(dir) }
+        let newFD = open(path, O_RDWR | O_APPEND | O_CLOEXEC)
+        guard newFD >= 0 else { throw JournalError(description: "reopening \(path): \(String(cString: strerror(errno)))") }
+        close(fd)
+        fd = newFD
+        sizeBytes = bytes.count
+        snapshotBytes = bytes.count
+    }
+}
+
+extension String {
+    func trimmingCharacters(in c: Character) -> String {
+        var s = Substring(self)
+        while s.first == c { s = s.dropFirst() }
+        while s.last == c { s = s.dropLast() }
+        return String(s)
+    }
+}
