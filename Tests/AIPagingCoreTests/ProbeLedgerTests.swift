@@ -44,6 +44,35 @@ import Testing
         #expect(w.jitterNs == 0)
     }
 
+    /// Probes sent after the measured interval ended (a lease's kernel state being removed) are
+    /// forgotten whatever became of them: answered, lost, or still pending.
+    @Test func probesAfterTheEndAreWithdrawn() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        // 0...5 answered in order (r = s), 6 lost on the way there (7 answered as r=6), 8 and 9 pending.
+        for s in [0, 1, 2, 3, 4, 5, 7] {
+            let (p, t4) = reply(UInt32(s), UInt32(min(s, 6)), sentAt: t[s])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        // The interval ended at probe 6's send time: 6...9 are withdrawn.
+        #expect(l.withdraw(sentAtOrAfter: t[6]) == 4)
+        let w = l.finalize(window: 0)
+        #expect(w.sent == 6 && w.received == 6 && w.lost == 0 && w.delaysNs.count == 6)
+        // A reply to a withdrawn probe is not one of the session's.
+        let (p, t4) = reply(8, 7, sentAt: t[8])
+        #expect(l.receive(p, at: t4, currentWindow: 1) == .unknown)
+    }
+
+    /// A probe the send call did not get to is withdrawn by sequence number.
+    @Test func anUnsentProbeIsWithdrawn() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        _ = sendTen(&l)
+        l.withdraw(sequence: 9)
+        l.withdraw(sequence: 42)   // not a probe of the ledger: nothing happens
+        let w = l.finalize(window: 0)
+        #expect(w.sent == 9 && w.lostUnknown == 9)
+    }
+
     @Test func lossBeforeTheFirstReplyIsAttributedToo() {
         var l = ProbeLedger(mode: .stateful, capacity: 64)
         let t = sendTen(&l)

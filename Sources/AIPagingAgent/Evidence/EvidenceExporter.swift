@@ -90,7 +90,10 @@ public final class EvidenceExporter: Sendable {
         let cmd: Command
         switch e.kind {
         case .admitted, .switched, .renewed: cmd = .upsert(lease)
-        case .drained, .expired, .revoked: cmd = .end(lease, e.kind, e.wall)
+        // The lease's measurement ends when the service began removing its kernel state (its HTB
+        // class among it), not when the removal was done: probes sent in between may be dropped
+        // on the way out and are not counted.
+        case .drained, .expired, .revoked: cmd = .end(lease, e.kind, lease.endedAt?.wall ?? e.wall)
         case .repaired: return
         }
         let signal = inbox.withLock { i -> Bool in
@@ -128,6 +131,12 @@ final class ExporterLoop {
         let point: String
         let family: IPAddress.Family
         var ssid: UInt16 = 0
+        /// The probe socket the session sends through (nil: not probing).
+        var group: ProbeGroup?
+        /// The anchor's address and the lease's HTB class (as SO_PRIORITY), kept here so that a
+        /// probe's send and reply touch no lease fields.
+        let anchor: IPAddress
+        var priority: UInt32
         var ledger: ProbeLedger
         /// Slot of the send wheel (its phase within the probe interval).
         let bucket: Int
@@ -150,6 +159,8 @@ final class ExporterLoop {
             self.lease = lease
             self.point = point
             family = lease.request.anchor.address.family
+            anchor = lease.request.anchor.address
+            priority = lease.qosClass.classid
             self.ledger = ledger
             self.startNs = startNs
             self.bucket = bucket
@@ -157,12 +168,28 @@ final class ExporterLoop {
         }
     }
 
+    /// One probe socket (a point and an address family) and its sessions.
+    final class ProbeGroup {
+        let point: String
+        let socket: UDPBatchSocket
+        /// Probing sessions by SSID (allocated densely from 1, so an array).
+        var bySSID: [Session?] = [nil]
+        var freeSSIDs: [UInt16] = []
+        /// This tick's probes and, for each, its session and sequence number.
+        var items: [UDPBatchSocket.Outgoing] = []
+        var owners: [(Session, UInt32)] = []
+        var stamps: [(UInt32, Int64)] = []
+
+        init(point: String, socket: UDPBatchSocket) {
+            self.point = point
+            self.socket = socket
+        }
+    }
+
     struct PointIO {
         var nft: NFTablesSocket?
-        var v4: UDPBatchSocket?
-        var v6: UDPBatchSocket?
-        var freeSSIDs: [IPAddress.Family: [UInt16]] = [.ipv4: [], .ipv6: []]
-        var nextSSID: [IPAddress.Family: UInt32] = [.ipv4: 1, .ipv6: 1]
+        var v4: ProbeGroup?
+        var v6: ProbeGroup?
         /// Sockets per priority when the kernel does not take SO_PRIORITY per datagram.
         var perPriority: [UInt64: UDPBatchSocket] = [:]
     }
@@ -176,8 +203,8 @@ final class ExporterLoop {
     var ending: [Session] = []
     /// The earliest boot-clock instant at which some lease's pre-expiry counter read is due.
     var nextPreExpiryBoot: UInt64 = .max
-    /// (point, family, ssid) -> the probing session.
-    var bySSID: [String: [IPAddress.Family: [UInt16: Session]]] = [:]
+    /// Every probe socket.
+    var groups: [ProbeGroup] = []
     /// (point, mark) -> lease id whose counters the mark's elements are.
     var byMark: [String: [UInt32: LeaseID]] = [:]
     var io: [String: PointIO] = [:]
@@ -189,7 +216,6 @@ final class ExporterLoop {
     var errorEstimate = STAMPErrorEstimate.systemClock()
     var lastEstimateNs: Int64 = 0
     var sendBuffer: [UInt8] = []
-    var outgoing: [String: [IPAddress.Family: [(UDPBatchSocket.Outgoing, Session, UInt32)]]] = [:]
 
     init(_ owner: EvidenceExporter) {
         self.owner = owner
@@ -214,10 +240,13 @@ final class ExporterLoop {
                 }
                 if settings.probeIntervalMs > 0 {
                     do {
-                        pio.v4 = try UDPBatchSocket(family: .ipv4, namespace: ns)
-                        pio.v6 = try UDPBatchSocket(family: .ipv6, namespace: ns)
-                        try pio.v4?.enableSendTimestamps()
-                        try pio.v6?.enableSendTimestamps()
+                        let v4 = try UDPBatchSocket(family: .ipv4, namespace: ns)
+                        let v6 = try UDPBatchSocket(family: .ipv6, namespace: ns)
+                        try v4.enableSendTimestamps()
+                        try v6.enableSendTimestamps()
+                        pio.v4 = ProbeGroup(point: p.name, socket: v4)
+                        pio.v6 = ProbeGroup(point: p.name, socket: v6)
+                        groups += [pio.v4!, pio.v6!]
                     } catch {
                         note("cannot open probe sockets in \(ns): \(error)")
                     }
@@ -278,10 +307,7 @@ final class ExporterLoop {
     }
 
     func receiveAll() {
-        for (name, pio) in io {
-            if pio.v4 != nil { receive(point: name, family: .ipv4) }
-            if pio.v6 != nil { receive(point: name, family: .ipv6) }
-        }
+        for g in groups { receive(g) }
     }
 
     /// Applies queued lease changes; true when the exporter is stopping.
@@ -313,6 +339,7 @@ final class ExporterLoop {
             // elements resets their counters, which the next read detects.
             if s.endNs == nil {
                 s.lease = lease
+                s.priority = lease.qosClass.classid
                 s.preExpiryDone = false
                 schedulePreExpiry(lease)
             }
@@ -325,9 +352,10 @@ final class ExporterLoop {
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
         let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
-        if settings.probeIntervalMs > 0, socket(point, s.family) != nil, let ssid = allocateSSID(point, s.family) {
+        if settings.probeIntervalMs > 0, let g = group(point, s.family), let ssid = allocateSSID(g) {
             s.ssid = ssid
-            bySSID[point, default: [:]][s.family, default: [:]][ssid] = s
+            s.group = g
+            g.bySSID[Int(ssid)] = s
             wheel[s.bucket].append(s)
         }
         sessions[lease.id] = s
@@ -343,31 +371,32 @@ final class ExporterLoop {
         guard let s = sessions[lease.id], s.endNs == nil else { return }
         s.endNs = max(at, s.startNs)
         s.endKind = kind
+        s.ledger.withdraw(sentAtOrAfter: s.endNs!)
         s.finalizeAtNs = now + timeoutNs
         ending.append(s)
         if byMark[s.point]?[lease.mark] == lease.id { byMark[s.point]?[lease.mark] = nil }
     }
 
-    func socket(_ point: String, _ family: IPAddress.Family) -> UDPBatchSocket? {
+    func group(_ point: String, _ family: IPAddress.Family) -> ProbeGroup? {
         family == .ipv4 ? io[point]?.v4 : io[point]?.v6
     }
 
-    func allocateSSID(_ point: String, _ family: IPAddress.Family) -> UInt16? {
-        if let s = io[point]!.freeSSIDs[family]!.popLast() { return s }
-        let n = io[point]!.nextSSID[family]!
-        guard n <= 0xFFFF else {
-            note("more than 65535 probe sessions on one socket at \(point): further leases are not probed")
+    func allocateSSID(_ g: ProbeGroup) -> UInt16? {
+        if let s = g.freeSSIDs.popLast() { return s }
+        guard g.bySSID.count <= 0xFFFF else {
+            note("more than 65535 probe sessions on one socket at \(g.point): further leases are not probed")
             return nil
         }
-        io[point]!.nextSSID[family] = n + 1
-        return UInt16(n)
+        g.bySSID.append(nil)
+        return UInt16(g.bySSID.count - 1)
     }
 
     func releaseSSID(_ s: Session) {
-        guard s.ssid != 0 else { return }
-        if bySSID[s.point]?[s.family]?[s.ssid] === s { bySSID[s.point]?[s.family]?[s.ssid] = nil }
-        io[s.point]?.freeSSIDs[s.family]?.append(s.ssid)
+        guard s.ssid != 0, let g = s.group else { return }
+        if g.bySSID[Int(s.ssid)] === s { g.bySSID[Int(s.ssid)] = nil }
+        g.freeSSIDs.append(s.ssid)
         s.ssid = 0
+        s.group = nil
     }
 
     // MARK: probes
@@ -380,9 +409,9 @@ final class ExporterLoop {
         let from = max(lastTick + 1, tick - Int64(wheel.count) + 1)
         lastTick = tick
         sendBuffer.removeAll(keepingCapacity: true)
-        for k in outgoing.keys { for f in outgoing[k]!.keys { outgoing[k]![f]!.removeAll(keepingCapacity: true) } }
         let t1 = NTPTimestamp(unixNanoseconds: now)
         let window = now / windowNs
+        let port = settings.probePort
         var packet = [UInt8](repeating: 0, count: STAMPSenderPacket.length)
         var any = false
         for t in from...tick {
@@ -390,39 +419,45 @@ final class ExporterLoop {
             if wheel[b].contains(where: { $0.removed || $0.endNs != nil }) {
                 wheel[b].removeAll { $0.removed || $0.endNs != nil }
             }
-            for s in wheel[b] where s.ssid != 0 {
+            for s in wheel[b] {
+                guard s.ssid != 0, let g = s.group else { continue }
                 let seq = s.ledger.send(at: now, window: window)
                 STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
-                let item = UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.lease.request.anchor.address,
-                                                   port: settings.probePort, priority: s.lease.qosClass.classid)
-                sendBuffer += packet
-                outgoing[s.point, default: [:]][s.family, default: []].append((item, s, seq))
+                g.items.append(UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.anchor,
+                                                       port: port, priority: s.priority))
+                g.owners.append((s, seq))
+                sendBuffer.append(contentsOf: packet)
                 any = true
             }
         }
         guard any else { return }
         var sent = 0
-        for (point, byFamily) in outgoing {
-            for (fam, items) in byFamily where !items.isEmpty {
-                guard let sock = socket(point, fam) else { continue }
-                // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
-                // (before the lease's HTB class); without one, the time just before the send call.
-                let before = realtimeNanoseconds()
-                for (_, s, seq) in items { s.ledger.correctSendTime(seq, to: before) }
-                let n = sendItems(point, sock, items.map(\.0))
-                if perDatagramPriority && sock.sendTimestamps {
-                    var stamps: [(UInt32, Int64)] = []
-                    sock.readSendTimestamps { stamps.append(($0, $1)) }
-                    let order = sock.lastSent
-                    if stamps.count == order.count {
-                        stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
-                        for (k, i) in order.enumerated() where i < items.count {
-                            items[i].1.ledger.correctSendTime(items[i].2, to: stamps[k].1)
-                        }
+        for g in groups where !g.items.isEmpty {
+            let sock = g.socket
+            // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
+            // (before the lease's HTB class); without one, the time just before the send call.
+            let before = realtimeNanoseconds()
+            for (s, seq) in g.owners { s.ledger.correctSendTime(seq, to: before) }
+            let n = sendItems(g.point, sock, g.items)
+            if perDatagramPriority && sock.lastAttempted < g.items.count {
+                // The socket buffer was full: the rest never left (and are not counted).
+                for (s, seq) in g.owners[sock.lastAttempted...] { s.ledger.withdraw(sequence: seq) }
+            }
+            if perDatagramPriority && sock.sendTimestamps {
+                g.stamps.removeAll(keepingCapacity: true)
+                sock.readSendTimestamps { g.stamps.append(($0, $1)) }
+                let order = sock.lastSent
+                if g.stamps.count == order.count {
+                    g.stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
+                    for (k, i) in order.enumerated() where i < g.owners.count {
+                        let (s, seq) = g.owners[i]
+                        s.ledger.correctSendTime(seq, to: g.stamps[k].1)
                     }
                 }
-                sent += n
             }
+            sent += n
+            g.items.removeAll(keepingCapacity: true)
+            g.owners.removeAll(keepingCapacity: true)
         }
         owner.stats.withLock { $0.probesSent += UInt64(sent) }
     }
@@ -460,21 +495,19 @@ final class ExporterLoop {
         return n
     }
 
-    func receive(point: String, family: IPAddress.Family) {
-        guard let sock = socket(point, family) else { return }
+    func receive(_ g: ProbeGroup) {
         let window = realtimeNanoseconds() / windowNs
         var received = 0
         let port = settings.probePort
-        let table = bySSID[point]?[family]
         do {
-            try sock.receive(max: 4096) { bytes, meta in
-                guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes),
-                      let s = table?[reply.ssid], meta.address == s.lease.request.anchor.address else { return }
+            try g.socket.receive(max: 4096) { bytes, meta in
+                guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes), Int(reply.ssid) < g.bySSID.count,
+                      let s = g.bySSID[Int(reply.ssid)], meta.address == s.anchor else { return }
                 let t4 = meta.receiveNs != 0 ? meta.receiveNs : realtimeNanoseconds()
                 if case .delay = s.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
             }
         } catch {
-            note("receiving probe replies at \(point): \(error)")
+            note("receiving probe replies at \(g.point): \(error)")
         }
         if received > 0 { owner.stats.withLock { $0.probesReceived += UInt64(received) } }
     }
@@ -596,15 +629,12 @@ final class ExporterLoop {
         // Let replies in flight arrive (bounded: the probe timeout, at most 1 s).
         let until = realtimeNanoseconds() + min(timeoutNs, 1_000_000_000)
         while realtimeNanoseconds() < until {
-            var pfds: [pollfd] = []
-            var owners: [(String, IPAddress.Family)] = []
-            for (name, pio) in io {
-                if let s = pio.v4 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); owners.append((name, .ipv4)) }
-                if let s = pio.v6 { pfds.append(pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)); owners.append((name, .ipv6)) }
-            }
+            // (Send timestamps still queued would make poll report POLLERR at once.)
+            for g in groups { g.socket.readSendTimestamps { _, _ in } }
+            var pfds = groups.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
             guard !pfds.isEmpty, sessions.values.contains(where: { $0.ssid != 0 }) else { break }
             if poll(&pfds, nfds_t(pfds.count), 50) <= 0 { break }
-            for (i, (p, f)) in owners.enumerated() where pfds[i].revents != 0 { receive(point: p, family: f) }
+            for (i, g) in groups.enumerated() where pfds[i].revents != 0 { receive(g) }
         }
         var records: [EVIRecord] = []
         for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {

@@ -72,8 +72,32 @@ public struct ProbeLedger: Sendable {
     public private(set) var nextSequence: UInt32 = 0
     private var lastReply: (s: UInt32, r: UInt32)?
     private var firstSequence: UInt32 = 0
+    /// Open windows (usually one or two: the current one and the one awaiting its timeout), in
+    /// a small array rather than a dictionary: a probe's bookkeeping touches no hash table and
+    /// copies no tallies.
+    private var open: [(window: Int64, stats: WindowStats)] = []
+
     /// Open windows by index.
-    public private(set) var windows: [Int64: WindowStats] = [:]
+    public var windows: [Int64: WindowStats] {
+        Dictionary(uniqueKeysWithValues: open.map { ($0.window, $0.stats) })
+    }
+
+    /// Position of `window` in `open`, the last one first (the usual case).
+    private func slot(_ window: Int64) -> Int? {
+        var i = open.count - 1
+        while i >= 0 {
+            if open[i].window == window { return i }
+            i -= 1
+        }
+        return nil
+    }
+
+    /// Position of `window` in `open`, opened if needed.
+    private mutating func openSlot(_ window: Int64) -> Int {
+        if let i = slot(window) { return i }
+        open.append((window, WindowStats()))
+        return open.count - 1
+    }
 
     /// `capacity` bounds how many probes can await an answer; it is rounded up to a power of two.
     public init(mode: ReflectorMode, capacity: Int) {
@@ -95,7 +119,7 @@ public struct ProbeLedger: Sendable {
             resolve(i, .lostUnknown)
         }
         ring[i] = Entry(seq: seq, sentNs: t1, window: window, state: .pending, valid: true)
-        windows[window, default: WindowStats()].sent += 1
+        open[openSlot(window)].stats.sent += 1
         return seq
     }
 
@@ -104,6 +128,41 @@ public struct ProbeLedger: Sendable {
     public mutating func correctSendTime(_ seq: UInt32, to t1: Int64) {
         let i = Int(seq) & mask
         if ring[i].valid && ring[i].seq == seq { ring[i].sentNs = t1 }
+    }
+
+    /// Forgets the probes sent at or after `t` (ns): the measured interval ended before they left
+    /// (e.g. the lease's kernel state, its HTB class included, was being removed), so they count
+    /// as neither sent, received nor lost. Returns how many were forgotten.
+    @discardableResult
+    public mutating func withdraw(sentAtOrAfter t: Int64) -> Int {
+        var n = 0
+        for i in ring.indices where ring[i].valid && ring[i].sentNs >= t {
+            forget(i)
+            n += 1
+        }
+        return n
+    }
+
+    /// Forgets probe `seq` (it never left: the send call did not get to it).
+    public mutating func withdraw(sequence seq: UInt32) {
+        let i = Int(seq) & mask
+        if ring[i].valid && ring[i].seq == seq { forget(i) }
+    }
+
+    private mutating func forget(_ i: Int) {
+        defer { ring[i].valid = false }
+        guard let k = slot(ring[i].window) else { return }
+        switch ring[i].state {
+        case .pending: break
+        case .received:
+            open[k].stats.received -= 1
+            if let j = open[k].stats.delaySeqs.lastIndex(of: ring[i].seq) {
+                open[k].stats.delaysNs.remove(at: j)
+                open[k].stats.delaySeqs.remove(at: j)
+            }
+        case .lostForward, .lostBackward, .lostUnknown: unresolve(i)
+        }
+        open[k].stats.sent -= 1
     }
 
     /// The send time of a probe still in the ledger.
@@ -132,23 +191,24 @@ public struct ProbeLedger: Sendable {
         let entry = ring[i]
         switch entry.state {
         case .received:
-            windows[currentWindow, default: WindowStats()].duplicates += 1
+            open[openSlot(currentWindow)].stats.duplicates += 1
             return .duplicate
         case .pending, .lostForward, .lostBackward, .lostUnknown:
             let wasLost = entry.state != .pending
-            guard windows[entry.window] != nil else {
+            guard slot(entry.window) != nil else {
                 // The window is already final: the probe stays counted as lost there.
-                windows[currentWindow, default: WindowStats()].late += 1
+                open[openSlot(currentWindow)].stats.late += 1
                 ring[i].state = .received
                 return .late
             }
             if wasLost { unresolve(i) }
             ring[i].state = .received
             let d = reply.twoWayDelayNanoseconds(sentAt: entry.sentNs, receivedAt: t4)
-            windows[entry.window]!.received += 1
-            windows[entry.window]!.delaysNs.append(d)
-            windows[entry.window]!.delaySeqs.append(s)
-            if wasLost { windows[entry.window]!.reordered += 1 }
+            let k = slot(entry.window)!
+            open[k].stats.received += 1
+            open[k].stats.delaysNs.append(d)
+            open[k].stats.delaySeqs.append(s)
+            if wasLost { open[k].stats.reordered += 1 }
             if !wasLost { attributeGap(upTo: s, reflectorSequence: reply.sequence) }
             return .delay(ns: d, window: entry.window)
         }
@@ -197,23 +257,21 @@ public struct ProbeLedger: Sendable {
 
     private mutating func resolve(_ i: Int, _ state: State) {
         ring[i].state = state
-        let w = ring[i].window
-        guard windows[w] != nil else { return }
+        guard let k = slot(ring[i].window) else { return }
         switch state {
-        case .lostForward: windows[w]!.lostForward += 1
-        case .lostBackward: windows[w]!.lostBackward += 1
-        case .lostUnknown: windows[w]!.lostUnknown += 1
+        case .lostForward: open[k].stats.lostForward += 1
+        case .lostBackward: open[k].stats.lostBackward += 1
+        case .lostUnknown: open[k].stats.lostUnknown += 1
         case .pending, .received: break
         }
     }
 
     private mutating func unresolve(_ i: Int) {
-        let w = ring[i].window
-        guard windows[w] != nil else { return }
+        guard let k = slot(ring[i].window) else { return }
         switch ring[i].state {
-        case .lostForward: windows[w]!.lostForward -= 1
-        case .lostBackward: windows[w]!.lostBackward -= 1
-        case .lostUnknown: windows[w]!.lostUnknown -= 1
+        case .lostForward: open[k].stats.lostForward -= 1
+        case .lostBackward: open[k].stats.lostBackward -= 1
+        case .lostUnknown: open[k].stats.lostUnknown -= 1
         case .pending, .received: break
         }
     }
@@ -221,16 +279,16 @@ public struct ProbeLedger: Sendable {
     /// Closes `window`: its probes still pending are lost (direction unknown) and its tallies are
     /// returned and forgotten. Call it once the probe timeout has passed after the window's end.
     public mutating func finalize(window: Int64) -> WindowStats {
-        guard var stats = windows[window] else { return WindowStats() }
+        guard let k = slot(window) else { return WindowStats() }
+        var stats = open.remove(at: k).stats
         // Pending probes of this window: scan the ring (probes of one window are contiguous).
         for i in ring.indices where ring[i].valid && ring[i].window == window && ring[i].state == .pending {
             ring[i].state = .lostUnknown
             stats.lostUnknown += 1
         }
-        windows[window] = nil
         return stats
     }
 
     /// Windows with probes or replies that are not finalized yet.
-    public var openWindows: [Int64] { windows.keys.sorted() }
+    public var openWindows: [Int64] { open.map(\.window).sorted() }
 }

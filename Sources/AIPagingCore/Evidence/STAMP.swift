@@ -186,6 +186,17 @@ public struct STAMPReflectorPacket: Hashable, Sendable {
     public init?(bytes: some Collection<UInt8>) {
         let b = Array(bytes.prefix(Self.length))
         guard b.count == Self.length else { return nil }
+        self = b.withUnsafeBytes { STAMPReflectorPacket(decoding: $0) }
+    }
+
+    /// Decodes the first 44 octets of a received datagram in place (no copy).
+    public init?(bytes b: UnsafeRawBufferPointer) {
+        guard b.count >= Self.length else { return nil }
+        self.init(decoding: b)
+    }
+
+    /// `b` holds at least 44 octets.
+    private init(decoding b: UnsafeRawBufferPointer) {
         sequence = STAMPWire.read32(b, 0)
         timestamp = NTPTimestamp(raw: STAMPWire.read64(b, 4))
         errorEstimate = STAMPErrorEstimate(raw: STAMPWire.read16(b, 12))
@@ -248,6 +259,9 @@ public enum STAMPReflection {
 }
 
 enum STAMPWire {
+    static func read16(_ b: UnsafeRawBufferPointer, _ o: Int) -> UInt16 { UInt16(bigEndian: b.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
+    static func read32(_ b: UnsafeRawBufferPointer, _ o: Int) -> UInt32 { UInt32(bigEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+    static func read64(_ b: UnsafeRawBufferPointer, _ o: Int) -> UInt64 { UInt64(bigEndian: b.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
     static func read16(_ b: [UInt8], _ o: Int) -> UInt16 { UInt16(b[o]) << 8 | UInt16(b[o + 1]) }
     static func read32(_ b: [UInt8], _ o: Int) -> UInt32 {
         UInt32(b[o]) << 24 | UInt32(b[o + 1]) << 16 | UInt32(b[o + 2]) << 8 | UInt32(b[o + 3])

@@ -21,9 +21,16 @@ public final class UDPBatchSocket {
     public private(set) var refused: UInt64 = 0
     /// Indices (into the last `send`'s items) of the datagrams that went out, in order.
     public private(set) var lastSent: [Int] = []
+    /// How many of the last `send`'s items the kernel was given (sent or refused); the rest were
+    /// not tried (the socket buffer was full).
+    public private(set) var lastAttempted = 0
     /// Receive buffers, reused across calls (128 datagrams of up to 2 KiB).
     private var storage = [UInt8](repeating: 0, count: 2048 * 128)
     private var ins = [aip_udp_in](repeating: aip_udp_in(), count: 128)
+    private var keys = [UInt32](repeating: 0, count: 128)
+    private var times = [Int64](repeating: 0, count: 128)
+    /// Send descriptors, reused across calls.
+    private var outs = [aip_udp_out](repeating: aip_udp_out(), count: 128)
 
     /// Opens the socket inside `namespace`, bound to `address` (nil: any) and `port` (0: an
     /// ephemeral one). Equivalent to `socket(AF_INET[6], SOCK_DGRAM)` + `bind` in `ip netns exec`.
@@ -69,8 +76,6 @@ public final class UDPBatchSocket {
     /// every datagram the socket built, including ones a firewall then refused, so they are used
     /// for order only.)
     public func readSendTimestamps(_ body: (UInt32, Int64) -> Void) {
-        var keys = [UInt32](repeating: 0, count: 128)
-        var times = [Int64](repeating: 0, count: 128)
         while true {
             let r = keys.withUnsafeMutableBufferPointer { k in
                 times.withUnsafeMutableBufferPointer { t in aip_udp_read_tx_timestamps(fd, k.baseAddress, t.baseAddress, 128) }
@@ -114,9 +119,12 @@ public final class UDPBatchSocket {
         var sent = 0
         var attempted = 0
         lastSent.removeAll(keepingCapacity: true)
+        lastAttempted = 0
         guard !items.isEmpty else { return 0 }
-        var out = [aip_udp_out](repeating: aip_udp_out(), count: min(items.count, 128))
         var failure: KernelError?
+        var out = outs
+        outs = []
+        defer { outs = out }
         buffer.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
             while attempted < items.count {
                 let n = min(128, items.count - attempted)
@@ -128,8 +136,12 @@ public final class UDPBatchSocket {
                     o.port = it.port
                     o.family = it.address.family == .ipv6 ? 6 : 4
                     withUnsafeMutableBytes(of: &o.addr) { dst in
-                        let b = it.address.bytes
-                        for k in 0..<b.count { dst[k] = b[k] }
+                        switch it.address {
+                        case .v4(let a): dst.storeBytes(of: a.bigEndian, as: UInt32.self)
+                        case .v6(let hi, let lo):
+                            dst.storeBytes(of: hi.bigEndian, as: UInt64.self)
+                            dst.storeBytes(of: lo.bigEndian, toByteOffset: 8, as: UInt64.self)
+                        }
                     }
                     if let p = it.priority { o.has_priority = 1; o.priority = p }
                     out[j] = o
@@ -160,6 +172,7 @@ public final class UDPBatchSocket {
                 }
             }
         }
+        lastAttempted = attempted
         if let failure { throw failure }
         return sent
     }
@@ -202,11 +215,10 @@ public final class UDPBatchSocket {
             storage.withUnsafeBytes { raw in
                 for j in 0..<Int(r) {
                     let m = ins[j]
-                    let addr: IPAddress
-                    if m.family == 6 {
-                        addr = withUnsafeBytes(of: m.addr) { IPAddress(bytes: $0.prefix(16))! }
-                    } else {
-                        addr = withUnsafeBytes(of: m.addr) { IPAddress(bytes: $0.prefix(4))! }
+                    let addr: IPAddress = withUnsafeBytes(of: m.addr) { a in
+                        m.family == 6
+                            ? .v6(UInt64(bigEndian: a.loadUnaligned(as: UInt64.self)), UInt64(bigEndian: a.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+                            : .v4(UInt32(bigEndian: a.loadUnaligned(as: UInt32.self)))
                     }
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[(j * cap)..<(j * cap + Int(m.len))])
                     body(bytes, Received(address: addr, port: m.port, receiveNs: m.rx_ns, ttl: m.ttl, truncated: m.truncated != 0))
