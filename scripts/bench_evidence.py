@@ -118,7 +118,7 @@ def scenario(a, name, leases, window_ms, interval_ms):
         threads = {k: sum(delta(k)) / 100 for k in th1}
         top = sorted(threads.items(), key=lambda kv: -kv[1])[:4]
         exp_user, exp_sys = delta("aip-evidence")
-        log_user, log_sys = delta("aip-evidence-log")
+        log_user, log_sys = delta("aip-evi-log")
         return {"name": name, "leases": leases, "window_s": window_ms / 1000, "probe_hz": (1000 / interval_ms) if interval_ms else 0,
                 "cpu_pct": cpu * 100, "cpu_pct_per_1000": cpu * 100 * 1000 / leases if leases else cpu * 100,
                 "rss_mib": rss / 1024, "probes_sent_s": sent, "probes_recv_s": recv,
@@ -156,7 +156,7 @@ def main():
     print()
     print(f"evidence exporter cost, {a.seconds:.0f} s per scenario, agent release build, {os.cpu_count()} CPUs.")
     print("exporter = the agent's 'aip-evidence' thread (probes, replies, counters, records) plus its log writer")
-    print("'aip-evidence-log' (utime+stime from /proc/PID/task/TID/stat); sys includes the kernel's UDP, HTB and")
+    print("'aip-evi-log' (utime+stime from /proc/PID/task/TID/stat); sys includes the kernel's UDP, HTB and")
     print("veth work done in the thread's context (in this lab also the anchor namespace's receive softirq).")
     hdr = ["scenario", "leases", "window", "probes/s out/in", "exporter CPU % (user+sys)", "exporter % per 1000 leases",
            "agent CPU %", "agent RSS MiB", "RSS over idle per 1000 leases MiB", "records/s", "evidence B per lease-hour"]

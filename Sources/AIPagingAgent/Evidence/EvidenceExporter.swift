@@ -248,7 +248,10 @@ final class ExporterLoop {
                         pio.v6 = ProbeGroup(point: p.name, socket: v6)
                         groups += [pio.v4!, pio.v6!]
                     } catch {
-                        note("cannot open probe sockets in \(ns): \(error)")
+                        let hint = [EAFNOSUPPORT, EPERM, EACCES].contains(error.errno)
+                            ? " (IP sockets are not permitted here, e.g. systemd RestrictAddressFamilies= without AF_INET/AF_INET6;"
+                              + " see systemd/evidence-probes.conf)" : ""
+                        note("cannot open probe sockets in \(ns): \(error)\(hint); no delay/loss probes at \(p.name), counters and records go on")
                     }
                 }
             }
@@ -347,7 +350,10 @@ final class ExporterLoop {
         }
         let point = lease.enforcementPoint
         guard io[point] != nil else { return }
-        let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) * 2 + 64
+        // A probe stays in the ledger until its window is finalized (the window's end plus the
+        // probe timeout): a window and a timeout of probes, plus one more timeout and 64 of slack
+        // for a late loop (rounded up to a power of two by the ledger).
+        let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) + 64
         let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: settings.probeIntervalMs > 0 ? cap : 1)
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }

@@ -145,7 +145,7 @@ public final class EvidenceLog: Sendable {
         shared = Mutex(s)
         let this = self
         Thread.detachNewThread {
-            Thread.current.name = "aip-evidence-log"
+            Thread.current.name = "aip-evi-log"   // (15 characters at most)
             this.writerLoop()
         }
     }
