@@ -68,17 +68,19 @@ def scenario(a, name, leases, window_ms, interval_ms):
     os.makedirs(state)
     sock = state + "/agent.sock"
     cfg = state + "/config.json"
-    json.dump({"evidence_window_ms": window_ms, "probe_interval_ms": interval_ms, "probe_timeout_ms": 1000,
+    json.dump({"evidence_window_ms": window_ms, "probe_interval_ms": interval_ms, "probe_timeout_ms": min(1000, window_ms // 2),
                "reconcile_interval_ms": 1000}, open(cfg, "w"))
     refl = subprocess.Popen(["ip", "netns", "exec", prefix + "-edge", a.bin + "/aipaging-reflector", "--quiet"])
     agent = subprocess.Popen([a.bin + "/aipaging-agent", "--netns", prefix + "-enforce", "--socket", sock,
                               "--state-dir", state, "--config", cfg, "--capacity-kbit", "100000000",
-                              "--log-level", "error", "--flush-on-exit"], stderr=subprocess.DEVNULL)
+                              "--log-level", "error", "--flush-on-exit"], stderr=open(state + "/agent.log", "w"))
     try:
         for _ in range(200):
-            if os.path.exists(sock):
+            if os.path.exists(sock) or agent.poll() is not None:
                 break
             time.sleep(0.05)
+        if not os.path.exists(sock):
+            raise SystemExit(f"{name}: the agent did not start: " + open(state + "/agent.log").read()[-2000:])
         t = time.time()
         for i in range(leases):
             port = 10000 + i
@@ -140,7 +142,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
     p.add_argument("--repo", required=True)
-    p.add_argument("--leases", default="1000", help="lease counts, comma-separated (e.g. 1000,5000)")
+    p.add_argument("--leases", default="1000,5000", help="lease counts, comma-separated (e.g. 1000,5000)")
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--windows", default="10000,1000", help="window lengths (ms) of the probing scenarios")
     p.add_argument("--probing-only", action="store_true", help="skip the idle and no-probe scenarios")
