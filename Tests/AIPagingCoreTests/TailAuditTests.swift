@@ -91,6 +91,16 @@ import Testing
         #expect(abs(a.pot!.xi - 1.0 / 3) < 0.2)
     }
 
+    /// Delays from a histogram are tied (bucket midpoints): a bucket holding the 98th percentile
+    /// and more must not leave the peaks-over-threshold fit with too few exceedances.
+    @Test func tiedValuesAtTheThresholdStillGiveATailFit() throws {
+        let weighted: [(value: Double, count: UInt64)] = [(17.79, 520), (17.93, 25), (18.05, 5)]
+        let a = TailAudit(weighted: weighted, target: 25, bootstrap: 50)
+        let fit = try #require(a.pot)
+        #expect(fit.threshold == 17.79 && fit.exceedances == 30)
+        #expect(a.chosen.count == 2 && a.verdict != .insufficientData)
+    }
+
     @Test func verdicts() {
         let s = exponential(50_000, seed: 3)   // p99.9 = 6.9
         #expect(TailAudit(samples: s, target: 10, bootstrap: 50).verdict == .met)

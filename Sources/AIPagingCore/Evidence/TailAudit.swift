@@ -274,7 +274,11 @@ public struct TailAudit: Sendable {
         let n = s.n
         guard n >= 2 * minExceedances else { return nil }
         let target = min(maxExceedances, max(minExceedances, Int((Double(n) * 0.02).rounded(.up))))
-        let threshold = s.orderStatistic(n - target)
+        // The threshold is the largest value with at least `target` samples above it: the order
+        // statistic X_(n-target) for distinct values, lower where values are tied (histogram
+        // buckets), so ties at the threshold do not leave too few exceedances to fit.
+        guard let i = s.cumulative.lastIndex(where: { n - $0 >= target }) else { return nil }
+        let threshold = s.values[i]
         var ys: [Double] = []
         for (i, v) in s.values.enumerated() where v > threshold {
             let c = s.cumulative[i] - (i > 0 ? s.cumulative[i - 1] : 0)
