@@ -11,12 +11,16 @@ let package = Package(
     products: [
         .executable(name: "aipaging-agent", targets: ["aipaging-agent"]),
         .executable(name: "aipagingctl", targets: ["aipagingctl"]),
+        .executable(name: "aipaging-reflector", targets: ["aipaging-reflector"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-numerics.git", from: "1.1.1"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C libraries through pkg-config and one shim for _GNU_SOURCE calls and macros.
@@ -28,7 +32,8 @@ let package = Package(
 
         // Pure core: lease model, validation, policy, admission, state machine, planner. No C.
         .target(name: "AIPagingCore",
-                dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+                dependencies: [.product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "RealModule", package: "swift-numerics")],
                 swiftSettings: strict),
 
         // Thin kernel adapters: nftables, tc, conntrack, netns, timers. No policy.
@@ -44,6 +49,8 @@ let package = Package(
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),
                     .product(name: "Logging", package: "swift-log"),
+                    .product(name: "CoreMetrics", package: "swift-metrics"),
+                    .product(name: "Prometheus", package: "swift-prometheus"),
                 ],
                 swiftSettings: strict),
 
@@ -55,6 +62,10 @@ let package = Package(
                             "AIPagingAgent",
                             .product(name: "ArgumentParser", package: "swift-argument-parser"),
                           ],
+                          swiftSettings: strict),
+        // STAMP Session-Reflector (RFC 8762) to run on anchors.
+        .executableTarget(name: "aipaging-reflector",
+                          dependencies: ["AIPagingCore", "AIPagingKernel"],
                           swiftSettings: strict),
         .executableTarget(name: "aipagingctl",
                           dependencies: [

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """An execution anchor's stand-in service for the lab: answers UDP datagrams and TCP lines on a
 port with "<anchor-id> <payload>", on IPv4 and IPv6, so a client can see which anchor served it."""
-import os, socket, sys, threading
+import os, signal, socket, sys, threading
 
-# Run as a daemon: do not hold on to file descriptors (pipes) inherited from whoever started us.
+# Run as a daemon: do not hold on to file descriptors (pipes) inherited from whoever started us,
+# and let SIGTERM end us even if the starter (a test process) had it blocked.
 os.closerange(3, 1024)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 anchor, port = sys.argv[1], int(sys.argv[2])
 

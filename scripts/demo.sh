@@ -7,7 +7,9 @@
 #   2. a COMMIT steers it to the edge anchor, under its own HTB class (nft and tc counters);
 #   3. the class shapes the flow to its ceiling;
 #   4. a make-before-break relocation to the cloud anchor keeps the AISI's address;
-#   5. when the lease expires, the kernel state and the steering are gone.
+#   5. when the lease expires, the kernel state and the steering are gone;
+#   6. the evidence: EVI records per window and event (STAMP probes to aipaging-reflector on each
+#      anchor, per-lease counters), a tail audit, and the verified hash chain.
 # Everything is removed at the end, also on failure. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,11 @@ probe() { echo "\$ client: probe 198.18.100.10 udp/7000 -> $(in_ns client python
 
 step "lab: client 198.18.1.2, enforcement point $P-enforce, anchors edge-1 198.18.2.2 and cloud-1 198.18.3.2"
 scripts/lab.sh up $P --services
-"$BIN/aipaging-agent" --netns $P-enforce --socket "$AIPAGING_SOCKET" --state-dir "$STATE" \
+# STAMP reflectors on the anchors (lab.sh down ends every process in the lab's namespaces).
+in_ns edge "$BIN/aipaging-reflector" --quiet &
+in_ns cloud "$BIN/aipaging-reflector" --quiet &
+echo '{"evidence_window_ms": 2000}' > "$STATE/config.json"
+"$BIN/aipaging-agent" --netns $P-enforce --socket "$AIPAGING_SOCKET" --state-dir "$STATE" --config "$STATE/config.json" \
     --policy policies/example.json --capacity-kbit 100000 --flush-on-exit 2> "$STATE/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 50); do [ -S "$AIPAGING_SOCKET" ] && break; sleep 0.1; done
@@ -44,7 +50,7 @@ probe
 
 step "2. COMMIT c-demo-1: AISI aisi-summarize -> anchor edge-1, rate 2 Mbit/s, ceil 4 Mbit/s, ttl 12 s"
 ctl commit --lease-id c-demo-1 --aisi aisi-summarize --client 198.18.1.2 --service 198.18.100.10 --port 7000 \
-    --anchor-id edge-1 --anchor-address 198.18.2.2 --ttl-ms 12000 --rate-kbit 2000 --ceil-kbit 4000 --priority 1
+    --anchor-id edge-1 --anchor-address 198.18.2.2 --ttl-ms 12000 --rate-kbit 2000 --ceil-kbit 4000 --priority 1 --latency-ms 5
 probe
 echo "\$ nft list table inet aipaging   (elements only)"
 in_ns enforce nft list table inet aipaging | grep -A1 "elements ="
@@ -57,7 +63,7 @@ in_ns enforce tc -s class show dev r-edge | grep -A2 "class htb 100:2"
 
 step "4. make-before-break relocation to cloud-1 (drain 1 s): same AISI, same service address"
 ctl commit --lease-id c-demo-2 --aisi aisi-summarize --client 198.18.1.2 --service 198.18.100.10 --port 7000 \
-    --anchor-id cloud-1 --anchor-address 198.18.3.2 --ttl-ms 6000 --rate-kbit 2000 --ceil-kbit 4000 --priority 1 \
+    --anchor-id cloud-1 --anchor-address 198.18.3.2 --ttl-ms 6000 --rate-kbit 2000 --ceil-kbit 4000 --priority 1 --latency-ms 5 \
     --relocates c-demo-1 --drain-ms 1000
 sleep 1.3
 probe
@@ -72,8 +78,11 @@ in_ns enforce nft list table inet aipaging | grep -c "elements =" || true
 echo "\$ tc class show dev r-edge; tc class show dev r-cloud   (nothing: no class left)"
 in_ns enforce tc class show dev r-edge
 in_ns enforce tc class show dev r-cloud
-echo "\$ aipagingctl evidence --aisi aisi-summarize"
-"$BIN/aipagingctl" evidence --aisi aisi-summarize
+
+step "6. evidence: a record per 2 s window and per event, bound to the lease and anchor; tail audit; chain"
+ctl evidence --aisi aisi-summarize
+ctl evidence audit --aisi aisi-summarize
+ctl evidence verify --file "$STATE"
 
 step "agent log"
 cat "$STATE/agent.log"

@@ -8,6 +8,12 @@
   flow.py stream ADDR PORT --seconds S [--interval-ms I] [--tcp]
                                                ONE flow (one socket / connection) sending a request
                                                every I ms; prints "<epoch ms> <anchor or ->" per request
+  flow.py rtt ADDR PORT --seconds S [--interval-ms I] [--priority CLASSID]
+                                               UDP round trips to an echo service (an independent delay
+                                               measurement); prints JSON {n, lost, median_ms, mean_ms, p90_ms}
+  flow.py flood ADDR PORT --mbit R --seconds S [--size B]
+                                               UDP at a constant rate, nothing read back (background load
+                                               that keeps a shaped queue standing)
 """
 import argparse, socket, sys, time
 
@@ -140,6 +146,61 @@ def stream(a):
             time.sleep(rest)
     return 0
 
+def rtt(a):
+    """Independent of the agent's STAMP code: plain UDP datagrams with a sequence number to an
+    echo service, timed with the monotonic clock around send and receive."""
+    import json, struct
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+    if a.priority:
+        major, minor = a.priority.split(":")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, int(major, 16) << 16 | int(minor, 16))
+    s.connect((a.addr, a.port))
+    s.settimeout(1.0)
+    samples, lost, seq = [], 0, 0
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        seq += 1
+        t0 = time.monotonic()
+        s.send(b"rtt %d" % seq)
+        try:
+            while True:
+                data = s.recv(200)
+                if data.endswith(b" %d" % seq):
+                    samples.append((time.monotonic() - t0) * 1000)
+                    break
+        except socket.timeout:
+            lost += 1
+        rest = a.interval_ms / 1000.0 - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
+    samples.sort()
+    n = len(samples)
+    q = lambda p: samples[min(n - 1, int(p * n))] if n else None
+    print(json.dumps({"n": n, "lost": lost, "median_ms": q(0.5), "p90_ms": q(0.9),
+                      "mean_ms": sum(samples) / n if n else None, "min_ms": samples[0] if n else None}))
+    return 0
+
+def flood(a):
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
+    s.connect((a.addr, a.port))
+    payload = b"f" * a.size
+    interval = a.size * 8 / (a.mbit * 1e6)
+    start = time.monotonic()
+    next_send = start
+    while True:
+        now = time.monotonic()
+        if now - start >= a.seconds:
+            break
+        if now >= next_send:
+            try:
+                s.send(payload)
+            except OSError:
+                pass
+            next_send += interval
+        else:
+            time.sleep(min(0.0005, next_send - now))
+    return 0
+
 def seqstream(a):
     """One UDP flow (one socket: one conntrack entry) sending "seq N <epoch_us>" at a steady
     rate, paced on absolute times so the rate holds under load. Prints how many were sent."""
@@ -170,7 +231,11 @@ pb = sub.add_parser("blast"); pb.add_argument("addr"); pb.add_argument("port", t
 pb.add_argument("--mbit", type=float, required=True); pb.add_argument("--seconds", type=float, default=2); pb.add_argument("--size", type=int, default=1200)
 ps = sub.add_parser("stream"); ps.add_argument("addr"); ps.add_argument("port", type=int)
 ps.add_argument("--seconds", type=float, required=True); ps.add_argument("--interval-ms", type=float, default=20); ps.add_argument("--tcp", action="store_true")
+pr = sub.add_parser("rtt"); pr.add_argument("addr"); pr.add_argument("port", type=int)
+pr.add_argument("--seconds", type=float, required=True); pr.add_argument("--interval-ms", type=float, default=10); pr.add_argument("--priority")
+pf = sub.add_parser("flood"); pf.add_argument("addr"); pf.add_argument("port", type=int)
+pf.add_argument("--mbit", type=float, required=True); pf.add_argument("--seconds", type=float, required=True); pf.add_argument("--size", type=int, default=1200)
 pq = sub.add_parser("seqstream"); pq.add_argument("addr"); pq.add_argument("port", type=int)
 pq.add_argument("--rate", type=float, default=1000); pq.add_argument("--seconds", type=float, required=True)
 a = p.parse_args()
-sys.exit({"probe": probe, "blast": blast, "stream": stream, "seqstream": seqstream}[a.cmd](a))
+sys.exit({"probe": probe, "blast": blast, "stream": stream, "seqstream": seqstream, "rtt": rtt, "flood": flood}[a.cmd](a))

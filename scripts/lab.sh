@@ -20,10 +20,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 down() {
   for ns in client client2 enforce edge cloud; do
     if [ -f "/run/aipaging-lab/$P-$ns.pids" ]; then
-      xargs -r kill 2>/dev/null < "/run/aipaging-lab/$P-$ns.pids" || true
+      xargs -r kill -9 2>/dev/null < "/run/aipaging-lab/$P-$ns.pids" || true
       rm -f "/run/aipaging-lab/$P-$ns.pids"
     fi
-    ip netns pids "$P-$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    # SIGKILL: a process started by a test may have SIGTERM blocked (inherited), and a process
+    # left in the namespace would keep it (and its veths) alive after `ip netns del`.
+    ip netns pids "$P-$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$P-$ns" 2>/dev/null || true
   done
 }

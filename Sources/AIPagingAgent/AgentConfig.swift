@@ -21,6 +21,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var logLevel = "info"
     /// Interval of the background reconcile: due leases, failed reconciles (ms).
     public var reconcileIntervalMs = 1000
+    /// Evidence: measurement windows, probing, the log's sync policy, metric cardinality.
+    public var evidence = EvidenceSettings()
     /// Watch the enforcement namespaces for nftables/tc changes by other processes and repair
     /// them at once (`drift_repair`).
     public var driftRepair = true
@@ -48,7 +50,9 @@ public struct AgentConfig: Sendable, Equatable {
         var c = AgentConfig()
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
                                   "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
-                                  "reconcile_interval_ms", "drift_repair", "comment"]
+                                  "reconcile_interval_ms", "drift_repair", "comment",
+                                  "evidence_window_ms", "probe_interval_ms", "probe_timeout_ms", "probe_port", "probe_reflector",
+                                  "counter_interval_ms", "evidence_sync_ms", "evidence_segment_bytes", "metrics_max_aisi"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
         if let v = root["socket"] { guard let s = v.stringValue else { throw fail("socket must be a path") }; c.socketPath = s }
         if let v = root["socket_mode"] {
@@ -81,6 +85,28 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if let v = root["drift_repair"] { guard let b = v.boolValue else { throw fail("drift_repair must be a boolean") }; c.driftRepair = b }
         if let v = root["log_level"] { c.logLevel = v.stringValue ?? "info" }
+        func int(_ key: String, _ range: ClosedRange<Int64>) throws(LoadError) -> Int? {
+            guard let v = root[key] else { return nil }
+            guard let n = v.int64Value, range.contains(n) else { throw fail("\(key) must be an integer in \(range.lowerBound)...\(range.upperBound)") }
+            return Int(n)
+        }
+        if let n = try int("evidence_window_ms", 1000...60_000) { c.evidence.windowMs = n }
+        if let n = try int("probe_interval_ms", 0...60_000) { c.evidence.probeIntervalMs = n }
+        if let n = try int("probe_timeout_ms", 10...60_000) { c.evidence.probeTimeoutMs = n }
+        if let n = try int("probe_port", 1...65_535) { c.evidence.probePort = UInt16(n) }
+        if let n = try int("counter_interval_ms", 100...60_000) { c.evidence.counterIntervalMs = n }
+        if let n = try int("evidence_sync_ms", 0...60_000) { c.evidence.syncIntervalMs = n }
+        if let n = try int("evidence_segment_bytes", 4096...(1 << 40)) { c.evidence.segmentBytes = n }
+        if let n = try int("metrics_max_aisi", 0...100_000) { c.evidence.metricsMaxAISI = n }
+        if let v = root["probe_reflector"] {
+            guard let m = v.stringValue.flatMap(ProbeLedger.ReflectorMode.init(rawValue:)) else {
+                throw fail("probe_reflector must be \"stateful\" (aipaging-reflector's default: loss per direction) or \"stateless\"")
+            }
+            c.evidence.reflectorMode = m
+        }
+        if c.evidence.probeIntervalMs > 0 && c.evidence.probeTimeoutMs >= c.evidence.windowMs {
+            throw fail("probe_timeout_ms (\(c.evidence.probeTimeoutMs)) must be shorter than evidence_window_ms (\(c.evidence.windowMs))")
+        }
         if let v = root["enforcement_points"] {
             guard let arr = v.arrayValue else { throw fail("enforcement_points must be an array") }
             var names = Set<String>()

@@ -13,7 +13,10 @@ public final class AgentRuntime: Sendable {
     public let service: LeaseService
     public let evidence: EvidenceStore
     public let server: ControlServer
+    public let metrics: AgentMetrics
     public let clock: any AgentClock
+    /// Where each enforcement point is measured (probes, counters).
+    let evidencePoints: [EvidencePoint]
     let logger: Logger
     /// The agent's thread: control server I/O, request handling and the lease service.
     let loopGroup: MultiThreadedEventLoopGroup
@@ -26,17 +29,23 @@ public final class AgentRuntime: Sendable {
         self.logger = logger
         let loopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.loopGroup = loopGroup
+        // Points with a real kernel are measured in their namespace; others (the in-memory test
+        // backend) get lifecycle records and windows without probes or counters.
+        evidencePoints = points.map { p in
+            EvidencePoint(name: p.name, namespace: backends[p.name] is KernelBackend ? (p.netns.map { .named($0) } ?? .current) : nil)
+        }
         let service = LeaseService(points: points, backends: backends, policy: policy, clock: clock,
                                    groupSize: config.groupSize, logger: logger, loop: loopGroup.next(), journal: journal)
         self.service = service
         let evidence = EvidenceStore()
         self.evidence = evidence
+        let metrics = AgentMetrics(maxAISI: config.evidence.metricsMaxAISI)
+        self.metrics = metrics
         var limits = ServerLimits()
         limits.maxBodyBytes = config.maxBodyBytes
         limits.maxBatchBodyBytes = config.maxBatchBodyBytes
         limits.requestTimeout = .milliseconds(Int64(config.requestTimeoutMs))
-        let api = ControlAPI(service: service, clock: clock, evidence: evidence,
-                             metrics: MetricsRenderer(service: service, evidence: evidence))
+        let api = ControlAPI(service: service, clock: clock, evidence: evidence, metrics: metrics)
         self.server = ControlServer(api: api, limits: limits, group: loopGroup, logger: logger)
     }
 
@@ -51,7 +60,14 @@ public final class AgentRuntime: Sendable {
     /// processes from before the first reconcile on.
     public func run(socket: ListeningSocket, useTimer: Bool = true, notifier: SystemdNotifier = SystemdNotifier(address: nil),
                     watchdog: SystemdWatchdog? = nil, onReady: @escaping @Sendable () -> Void = {}) async throws {
-        let recovered = try await service.recover()
+        let exporter = try await startEvidence()
+        let recovered: (restored: Int, dropped: Int, truncatedBytes: Int)
+        do {
+            recovered = try await service.recover()
+        } catch {
+            await stopEvidence(exporter)
+            throw error
+        }
         if recovered.restored + recovered.dropped > 0 {
             logger.notice("recovered leases from the journal",
                           metadata: ["live": "\(recovered.restored)", "ended_while_down": "\(recovered.dropped)"])
@@ -61,9 +77,17 @@ public final class AgentRuntime: Sendable {
             try await service.start()
         } catch {
             await service.stop(flush: false)
+            await stopEvidence(exporter)
             throw error
         }
-        let timer: ExpiryTimer? = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
+        exporter.start(initial: await service.leases())
+        let timer: ExpiryTimer?
+        do {
+            timer = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil
+        } catch {
+            await stop(exporter)
+            throw error
+        }
         if let timer {
             await service.setDeadlineObserver { timer.arm(at: $0) }
         }
@@ -71,12 +95,11 @@ public final class AgentRuntime: Sendable {
             timer?.stop()
             if let path = socket.path { unlink(path) }
         }
-        let service = self.service, evidence = self.evidence, server = self.server
+        let service = self.service, server = self.server
         let interval: Duration? = config.reconcileIntervalMs > 0 ? .milliseconds(config.reconcileIntervalMs) : nil
         let (served, servedCont) = AsyncStream<Void>.makeStream()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await evidence.follow(service.events) }
                 group.addTask {
                     try await server.run(on: socket) {
                         onReady()
@@ -98,10 +121,10 @@ public final class AgentRuntime: Sendable {
             }
         } catch is CancellationError {
         } catch {
-            await stop()
+            await stop(exporter)
             throw error
         }
-        await stop()
+        await stop(exporter)
     }
 
     /// The background loop: `periodic()` every reconcile interval; under systemd, the status line
@@ -154,10 +177,52 @@ public final class AgentRuntime: Sendable {
         }
     }
 
-    func stop() async {
+    func stop(_ exporter: EvidenceExporter) async {
         await service.stop(flush: config.flushOnExit)
         await server.shutdown()
+        await stopEvidence(exporter)
         logger.notice("stopped", metadata: ["flush_on_exit": "\(config.flushOnExit)"])
+    }
+
+    /// Opens the evidence key and log, records the start, and routes lifecycle events into the
+    /// log and the measurement exporter.
+    func startEvidence() async throws -> EvidenceExporter {
+        let key = try EvidenceKey.loadOrCreate(dir: config.stateDir)
+        let log = try EvidenceLog(stateDir: config.stateDir, key: key, syncIntervalMs: config.evidence.syncIntervalMs,
+                                  segmentBytes: config.evidence.segmentBytes, logger: logger)
+        let exporter = EvidenceExporter(settings: config.evidence, points: evidencePoints, log: log, metrics: metrics, logger: logger)
+        evidence.attach(log: log, exporter: exporter)
+        let now = clock.now()
+        var f = JSON.Object()
+        f["version"] = .string(AgentVersion.string)
+        f["public_key"] = .string(key.publicKeyBase64URL)
+        f["settings"] = config.evidence.json
+        f["points"] = .array(evidencePoints.map { p in
+            ["name": .string(p.name), "measured": .bool(p.namespace != nil)]
+        })
+        if log.recoveredTornBytes > 0 { f["torn_bytes_dropped"] = .int(log.recoveredTornBytes) }
+        log.append(EVIRecord(kind: .agent, event: "started", aisi: nil, leaseID: nil, enforcementPoint: nil, anchor: nil, qos: nil,
+                             relatedLease: nil, time: now.wall, monotonicNs: now.boot.nanoseconds, fields: f))
+        let evidence = self.evidence, metrics = self.metrics
+        await service.setMetrics(metrics)
+        await service.setLifecycleObserver { e, lease in
+            evidence.record(e, lease: lease)
+            exporter.observe(e, lease: lease)
+            metrics.event(e.kind)
+        }
+        logger.info("evidence log open", metadata: ["dir": "\(log.directory)", "kid": "\(key.keyID)",
+                                                    "head_seq": "\(log.status.headSeq)"])
+        return exporter
+    }
+
+    /// Last windows of live leases, the stop record, and a final sync of the log.
+    func stopEvidence(_ exporter: EvidenceExporter) async {
+        await onThread { exporter.stop() }
+        guard let log = evidence.log else { return }
+        let now = clock.now()
+        log.append(EVIRecord(kind: .agent, event: "stopped", aisi: nil, leaseID: nil, enforcementPoint: nil, anchor: nil, qos: nil,
+                             relatedLease: nil, time: now.wall, monotonicNs: now.boot.nanoseconds))
+        await onThread { log.close() }
     }
 }
 

@@ -82,10 +82,10 @@ public struct ControlAPI: Sendable {
     public let service: LeaseService
     public let clock: any AgentClock
     public let evidence: EvidenceStore
-    public let metrics: MetricsRenderer
+    public let metrics: AgentMetrics
     public let version: String
 
-    public init(service: LeaseService, clock: any AgentClock, evidence: EvidenceStore, metrics: MetricsRenderer, version: String = AgentVersion.string) {
+    public init(service: LeaseService, clock: any AgentClock, evidence: EvidenceStore, metrics: AgentMetrics, version: String = AgentVersion.string) {
         self.service = service
         self.clock = clock
         self.evidence = evidence
@@ -101,6 +101,9 @@ public struct ControlAPI: Sendable {
         ("GET", "/v1/leases/{lease_id}"),
         ("DELETE", "/v1/leases/{lease_id}"),
         ("GET", "/v1/evidence"),
+        ("GET", "/v1/evidence/audit"),
+        ("GET", "/v1/evidence/key"),
+        ("GET", "/v1/evidence/log"),
         ("GET", "/v1/events"),
         ("GET", "/v1/status"),
         ("GET", "/metrics"),
@@ -113,6 +116,14 @@ public struct ControlAPI: Sendable {
         }
         let segments = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         switch (req.method, segments.count, segments.first) {
+        case (_, 3, "v1") where segments[1] == "evidence":
+            guard req.method == "GET" else { return methodNotAllowed(req, allowed: "GET") }
+            switch segments[2] {
+            case "audit": return await evidenceAudit(req)
+            case "key": return .json(200, evidence.keyInfo)
+            case "log": return await evidenceLog(req)
+            default: break
+            }
         case (_, 3, "v1") where segments[1] == "leases":
             let id = APIRequest.percentDecode(segments[2])
             switch req.method {
@@ -133,7 +144,7 @@ public struct ControlAPI: Sendable {
             default: break
             }
         case ("GET", 1, "metrics"):
-            return .text(200, await metrics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+            return .text(200, await metrics.render(service: service, evidence: evidence), contentType: "text/plain; version=0.0.4; charset=utf-8")
         case (_, 1, "metrics"):
             return methodNotAllowed(req, allowed: "GET")
         default:
@@ -307,22 +318,80 @@ public struct ControlAPI: Sendable {
 
     // MARK: evidence, events, status
 
-    func evidenceQuery(_ req: APIRequest) async -> APIResponse {
+    /// The filters common to the evidence endpoints: aisi, lease_id (or lease), since, until,
+    /// kind, after_seq, limit.
+    func evidenceFilters(_ req: APIRequest) -> Result<EvidenceQuery, LeaseError> {
         var q = EvidenceQuery()
         q.aisi = req.query["aisi"]
         q.leaseID = req.query["lease_id"] ?? req.query["lease"]
         if let s = req.query["since"] {
-            guard let t = WallTime(rfc3339: s) else { return fail(LeaseError(.badRequest, "since must be RFC 3339")) }
+            guard let t = WallTime(rfc3339: s) else { return .failure(LeaseError(.badRequest, "since must be RFC 3339, e.g. 2026-01-02T03:04:05Z", field: "since")) }
             q.since = t
         }
         if let s = req.query["until"] {
-            guard let t = WallTime(rfc3339: s) else { return fail(LeaseError(.badRequest, "until must be RFC 3339")) }
+            guard let t = WallTime(rfc3339: s) else { return .failure(LeaseError(.badRequest, "until must be RFC 3339, e.g. 2026-01-02T03:04:05Z", field: "until")) }
             q.until = t
         }
         if let k = req.query["kind"] { q.kind = k }
-        if let l = req.query["limit"], let n = Int(l), n >= 0 { q.limit = n }
-        let records = await evidence.query(q)
-        return .json(200, ["count": .int(records.count), "records": .array(records.map(\.json))])
+        if let a = req.query["after_seq"] {
+            guard let n = UInt64(a) else { return .failure(LeaseError(.badRequest, "after_seq must be a record sequence number", field: "after_seq")) }
+            q.afterSeq = n
+        }
+        if let l = req.query["limit"] {
+            guard let n = Int(l), n >= 0 else { return .failure(LeaseError(.badRequest, "limit must be a non-negative integer", field: "limit")) }
+            q.limit = n
+        }
+        return .success(q)
+    }
+
+    func evidenceQuery(_ req: APIRequest) async -> APIResponse {
+        let q: EvidenceQuery
+        switch evidenceFilters(req) {
+        case .success(let v): q = v
+        case .failure(let e): return .error(e)
+        }
+        let (records, truncated) = await evidence.query(q)
+        var o = JSON.Object()
+        o["count"] = .int(records.count)
+        if truncated { o["truncated"] = true }
+        o["records"] = .array(records.map { .object($0) })
+        return .json(200, .object(o))
+    }
+
+    func evidenceAudit(_ req: APIRequest) async -> APIResponse {
+        let q: EvidenceQuery
+        switch evidenceFilters(req) {
+        case .success(let v): q = v
+        case .failure(let e): return .error(e)
+        }
+        guard q.aisi != nil || q.leaseID != nil else {
+            return .error(LeaseError(.badRequest, "give aisi (and optionally lease_id, since, until) to audit", field: "aisi"))
+        }
+        var quantile = 0.999
+        if let s = req.query["quantile"] {
+            guard let v = Double(s), v > 0.5, v < 1 else { return .error(LeaseError(.badRequest, "quantile must be in (0.5, 1), e.g. 0.999", field: "quantile")) }
+            quantile = v
+        }
+        var confidence = 0.95
+        if let s = req.query["confidence"] {
+            guard let v = Double(s), v >= 0.5, v < 1 else { return .error(LeaseError(.badRequest, "confidence must be in [0.5, 1), e.g. 0.95", field: "confidence")) }
+            confidence = v
+        }
+        var target: Double?
+        if let s = req.query["target_ms"] {
+            guard let v = Double(s), v > 0 else { return .error(LeaseError(.badRequest, "target_ms must be a positive number", field: "target_ms")) }
+            target = v
+        }
+        return .json(200, await evidence.audit(q, targetQuantile: quantile, confidence: confidence, targetMs: target))
+    }
+
+    /// The raw, signed log lines (NDJSON) after `after_seq`, at most `limit` (default 10 000):
+    /// what `aipagingctl evidence verify --from-agent` checks byte for byte.
+    func evidenceLog(_ req: APIRequest) async -> APIResponse {
+        let after = req.query["after_seq"].flatMap { UInt64($0) } ?? 0
+        let limit = req.query["limit"].flatMap { Int($0) }.map { max(1, min($0, 100_000)) } ?? 10_000
+        let bytes = await evidence.rawLines(afterSeq: after, limit: limit)
+        return APIResponse(status: 200, contentType: "application/x-ndjson", body: .bytes(bytes))
     }
 
     func events(_ req: APIRequest) -> APIResponse {
@@ -373,7 +442,27 @@ public struct ControlAPI: Sendable {
         o["events_seq"] = .int(service.events.lastSeq)
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
                         "expiry_lateness": snapshot.stats.expiryLateness.summary]
+        o["evidence"] = evidenceStatus()
         return .json(200, .object(o))
+    }
+}
+
+extension ControlAPI {
+    /// `/v1/status`'s `evidence` member: the key, the log's head and the measurement figures.
+    func evidenceStatus() -> JSON {
+        guard case .object(var o) = evidence.keyInfo else { return .null }
+        if let st = evidence.log?.status {
+            o["records_written"] = .int(st.recordsWritten)
+            o["bytes_written"] = .int(st.bytesWritten)
+            o["segments"] = .int(st.segments)
+            if let e = st.lastError { o["last_write_error"] = .string(e) }
+        }
+        if let ex = evidence.exporter?.currentStats {
+            o["measurement"] = ["sessions": .int(ex.sessions), "probing": .int(ex.probing), "probes_sent": .int(ex.probesSent),
+                                "probes_received": .int(ex.probesReceived), "window_records": .int(ex.windows),
+                                "priority_mode": .string(ex.priorityMode), "last_error": .optional(ex.lastError)]
+        }
+        return .object(o)
     }
 }
 

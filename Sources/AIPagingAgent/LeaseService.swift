@@ -85,6 +85,11 @@ public actor LeaseService {
     var monitors: [KernelChangeMonitor] = []
     /// Called with the earliest deadline after every batch (the timerfd arms itself there).
     var onDeadlineChange: (@Sendable (BootInstant?) -> Void)?
+    /// Called with every lifecycle event and the lease as it is after it (evidence, measurement),
+    /// on the service's thread: it must only queue.
+    var lifecycleObserver: (@Sendable (LifecycleEvent, Lease) -> Void)?
+    /// Admissions, rejections and latencies as they happen.
+    var metrics: AgentMetrics?
     public private(set) var stats = Stats()
     /// Durable record of leases (nil: nothing survives a restart, as in unit tests).
     let journal: LeaseJournal?
@@ -139,6 +144,13 @@ public actor LeaseService {
         onDeadlineChange = observer
         rearm()
     }
+
+    /// Installs the observer of lifecycle events (the evidence log and the measurement exporter).
+    public func setLifecycleObserver(_ observer: @escaping @Sendable (LifecycleEvent, Lease) -> Void) {
+        lifecycleObserver = observer
+    }
+
+    public func setMetrics(_ m: AgentMetrics?) { metrics = m }
 
     // MARK: public API
 
@@ -485,7 +497,11 @@ public actor LeaseService {
             }
         }
         // Lateness: from each deadline to its state being gone from the kernel.
-        for d in dueDeadlines { stats.expiryLateness.record(nanoseconds: d.nanoseconds(until: applyDone.boot)) }
+        for d in dueDeadlines {
+            let late = d.nanoseconds(until: applyDone.boot)
+            stats.expiryLateness.record(nanoseconds: late)
+            metrics?.expiryLate(nanoseconds: late)
+        }
         for (lease, kind) in ended {
             if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
             publish(kind, lease, at: applyDone, related: lease.replacedBy)
@@ -543,6 +559,7 @@ public actor LeaseService {
         if let r = relocated { deadlines.push(r.nextDeadline, r.id) }
         let installNs = c.admission.lease.admittedAt.boot.nanoseconds(until: done.boot)
         stats.installLatencies.record(nanoseconds: installNs)
+        metrics?.admitted(c.admission.kind, latencyNs: installNs)
         c.continuation.resume(returning: CommitOutcome(kind: c.admission.kind, lease: lease, relocated: relocated, switchedAt: done,
                                                        installNanoseconds: installNs))
     }
@@ -559,11 +576,12 @@ public actor LeaseService {
         let msg: Logger.Message = "lease \(kind.rawValue)"
         logger.info(msg, metadata: ["lease.id": "\(l.id)", "aisi": "\(l.aisi)", "anchor": "\(l.request.anchor.id)",
                                     "point": "\(l.enforcementPoint)", "state": "\(l.state.rawValue)"])
-        events.publish { seq in
+        let e = events.publish { seq in
             LifecycleEvent(seq: seq, kind: kind, leaseID: l.id, aisi: l.aisi, enforcementPoint: l.enforcementPoint,
                            anchor: l.request.anchor, qos: l.request.qos, relatedLease: related, relatedAnchor: relatedAnchor,
                            boot: t.boot, wall: t.wall, detail: detail)
         }
+        lifecycleObserver?(e, l)
     }
 
     func dueLeases(at now: BootInstant) -> [Lease] {

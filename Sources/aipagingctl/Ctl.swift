@@ -258,12 +258,21 @@ struct Status: ParsableCommand {
 }
 
 struct Evidence: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Query evidence (EVI) records.")
+    static let configuration = CommandConfiguration(
+        abstract: "Evidence (EVI) records: query them, verify their chain, audit delay tails.",
+        subcommands: [EvidenceQueryCommand.self, EvidenceVerify.self, EvidenceAudit.self],
+        defaultSubcommand: EvidenceQueryCommand.self)
+}
+
+struct EvidenceQueryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "query", abstract: "Query evidence records (the default).")
     @OptionGroup var conn: Connection
     @Option var aisi: String?
     @Option var lease: String?
     @Option(help: "RFC 3339") var since: String?
     @Option(help: "RFC 3339") var until: String?
+    @Option(help: "event, window, agent, or an event name") var kind: String?
+    @Option(name: .customLong("after-seq")) var afterSeq: UInt64?
     @Option var limit: Int?
     func run() throws {
         var q: [String] = []
@@ -271,15 +280,235 @@ struct Evidence: ParsableCommand {
         if let lease { q.append("lease_id=\(lease)") }
         if let since { q.append("since=\(since)") }
         if let until { q.append("until=\(until)") }
+        if let kind { q.append("kind=\(kind)") }
+        if let afterSeq { q.append("after_seq=\(afterSeq)") }
         if let limit { q.append("limit=\(limit)") }
         let r = try conn.call("GET", "/v1/evidence" + (q.isEmpty ? "" : "?" + q.joined(separator: "&")))
         if conn.json { print(r.serialized()); return }
-        let rows = (r["records"]?.arrayValue ?? []).map { e in
-            [String(e["seq"]?.int64Value ?? 0), e["time"]?.stringValue ?? "?", e["kind"]?.stringValue ?? "?", e["event"]?.stringValue ?? "-",
-             e["aisi"]?.stringValue ?? "?", e["lease_id"]?.stringValue ?? "?", e["anchor"]?["id"]?.stringValue ?? "?",
-             e["related_lease_id"]?.stringValue ?? "-"]
+        func ms(_ v: JSON?) -> String { v?.doubleValue.map { String(format3ms($0)) } ?? "-" }
+        let rows = (r["records"]?.arrayValue ?? []).map { e -> [String] in
+            var summary = "-"
+            if e["kind"]?.stringValue == "window" {
+                let p = e["probes"], d = e["delay_ms"], f = e["flow"]
+                let lost = p?["sent"]?.int64Value.map { sent in "\(sent - (p?["received"]?.int64Value ?? 0))/\(sent)" } ?? "-"
+                let pk = f?["client_to_anchor"]?["packets"]?.int64Value.map { "\($0)/\(f?["anchor_to_client"]?["packets"]?.int64Value ?? 0) pkt" } ?? "-"
+                summary = "\(e["window"]?["ms"]?.int64Value ?? 0)ms \(pk) lost \(lost) p50 \(ms(d?["p50"])) p99 \(ms(d?["p99"])) max \(ms(d?["max"]))"
+            }
+            return [String(e["seq"]?.int64Value ?? 0), e["time"]?.stringValue ?? "?", e["kind"]?.stringValue ?? "?", e["event"]?.stringValue ?? "-",
+                    e["aisi"]?.stringValue ?? "-", e["lease_id"]?.stringValue ?? "-", e["anchor"]?["id"]?.stringValue ?? "-",
+                    e["related_lease_id"]?.stringValue ?? "-", summary]
         }
-        print(table(["SEQ", "TIME", "KIND", "EVENT", "AISI", "LEASE", "ANCHOR", "RELATED"], rows))
+        print(table(["SEQ", "TIME", "KIND", "EVENT", "AISI", "LEASE", "ANCHOR", "RELATED", "WINDOW (flow up/down, probes lost/sent, delay ms)"], rows))
+        if r["truncated"]?.boolValue == true { print("(more records match: page with --after-seq)") }
+    }
+}
+
+func format3ms(_ v: Double) -> String {
+    let us = Int64((v * 1000).rounded())
+    let sign = us < 0 ? "-" : ""
+    return "\(sign)\(abs(us) / 1000).\(format3(abs(us) % 1000))"
+}
+
+struct EvidenceVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the evidence chain: every record's signature, its link to the one before, no gaps, no cut end.",
+        discussion: """
+        --file takes the state dir, its evidence/ dir or one segment file; the public key is then read from \
+        STATE_DIR/evidence.pub unless --key gives it, and the signed HEAD checkpoint next to the segments, if there \
+        is one, says where the chain must end. --from-agent reads the raw records and the key from the agent. \
+        Exits 0 when the chain is intact, 1 with every finding (edited record N, records missing between N and M, \
+        bad signature at N, records cut off after N) and where it is.
+        """)
+    @OptionGroup var conn: Connection
+    @Option(help: "State dir, evidence dir or segment file to verify.") var file: String?
+    @Flag(name: .customLong("from-agent"), help: "Verify the records the agent serves (GET /v1/evidence/log).") var fromAgent = false
+    @Option(help: "Ed25519 public key: base64url text or a file holding it.") var key: String?
+
+    func run() throws {
+        guard (file != nil) != fromAgent else { throw ValidationError("give exactly one of --file PATH or --from-agent") }
+        var findings: [EvidenceChain.Finding] = []
+        var records = 0
+        var firstSeq: UInt64?
+        var lastSeq: UInt64?
+        var keyID = ""
+        if let file {
+            let (segments, dir) = try EvidenceVerify.segments(file)
+            let pub = try publicKey(explicit: key, stateDir: dir.map { NSStringLike($0).parent })
+            var v = EvidenceChain.Verifier(key: pub)
+            keyID = v.keyID
+            for path in segments {
+                let bytes = try readInput(path)
+                let name = path.split(separator: "/").last.map(String.init) ?? path
+                var lineNo = 0
+                for line in bytes.split(separator: 0x0A, omittingEmptySubsequences: false) {
+                    lineNo += 1
+                    if line.isEmpty { continue }
+                    v.feed(line: Array(line), location: "\(name):\(lineNo)")
+                    if firstSeq == nil { firstSeq = v.lastSeq }
+                }
+                if let last = bytes.last, last != 0x0A, !bytes.isEmpty {
+                    // (the writer ends every record with a newline: a missing one is a cut line, already reported)
+                    _ = last
+                }
+            }
+            var headSeq: UInt64?
+            var headHash: [UInt8]?
+            if let dir, let h = try? readInput(dir + "/HEAD"), let line = h.split(separator: 0x0A).first {
+                if let p = try? EvidenceChain.parse(line: Array(line)), p.signatureIsValid(pub) {
+                    headSeq = p.seq
+                    headHash = p.prev
+                } else {
+                    findings.append(EvidenceChain.Finding(kind: .badSignature, seq: nil, location: "HEAD",
+                                                          message: "the HEAD checkpoint is not signed by this key: it was edited or replaced"))
+                }
+            }
+            v.finish(headSeq: headSeq, headHash: headHash)
+            findings = v.findings + findings
+            records = v.records
+            lastSeq = v.lastSeq
+        } else {
+            let info = try conn.call("GET", "/v1/evidence/key")
+            let pubText = key ?? info["public_key"]?.stringValue ?? ""
+            let pub = try publicKey(explicit: pubText, stateDir: nil)
+            var v = EvidenceChain.Verifier(key: pub)
+            keyID = v.keyID
+            let headSeq = info["head"]?["seq"]?.int64Value.map { UInt64($0) }
+            let headHash = info["head"]?["hash"]?.stringValue.flatMap(EvidenceChain.unhex)
+            var after: UInt64 = 0
+            var lineNo = 0
+            while true {
+                let r = try conn.client.request("GET", "/v1/evidence/log?after_seq=\(after)&limit=10000")
+                guard r.status == 200 else { throw ValidationError("the agent answered \(r.status) to GET /v1/evidence/log") }
+                let lines = r.body.split(separator: 0x0A)
+                if lines.isEmpty { break }
+                var progressed = false
+                for line in lines {
+                    lineNo += 1
+                    v.feed(line: Array(line), location: "agent log line \(lineNo)")
+                    if firstSeq == nil { firstSeq = v.lastSeq }
+                    if let s = v.lastSeq, s > after { after = s; progressed = true }
+                }
+                if !progressed || lines.count < 10000 { break }
+            }
+            v.finish(headSeq: headSeq, headHash: headSeq == v.lastSeq ? headHash : nil)
+            findings = v.findings
+            records = v.records
+            lastSeq = v.lastSeq
+        }
+        if conn.json {
+            print(JSON.object(JSON.Object(["ok": .bool(findings.isEmpty), "records": .int(records), "kid": .string(keyID),
+                                           "first_seq": firstSeq.map { .int($0) } ?? .null, "last_seq": lastSeq.map { .int($0) } ?? .null,
+                                           "findings": .array(findings.map(\.json))])).serialized())
+        } else if findings.isEmpty {
+            print("OK: \(records) records, seq \(firstSeq ?? 0)...\(lastSeq ?? 0), every signature valid (key \(keyID)), chain unbroken")
+        } else {
+            print("FAILED: \(findings.count) problem\(findings.count == 1 ? "" : "s") in \(records) records (key \(keyID))")
+            for f in findings { print("  \(f.location): \(f.kind.rawValue): \(f.message)") }
+        }
+        if !findings.isEmpty { throw ExitCode(1) }
+    }
+
+    /// The segment files to read, in order, and the evidence dir (where HEAD is).
+    static func segments(_ path: String) throws -> ([String], String?) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw ValidationError("\(path): \(String(cString: strerror(errno)))") }
+        if (st.st_mode & S_IFMT) != S_IFDIR {
+            let dir = NSStringLike(path).parent
+            return ([path], dir)
+        }
+        var dir = path
+        var sub = stat()
+        if stat(path + "/evidence", &sub) == 0, (sub.st_mode & S_IFMT) == S_IFDIR { dir = path + "/evidence" }
+        guard let d = opendir(dir) else { throw ValidationError("cannot read \(dir)") }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix("segment-") && name.hasSuffix(".ndjson") { names.append(name) }
+        }
+        guard !names.isEmpty else { throw ValidationError("no evidence segments (segment-*.ndjson) in \(dir)") }
+        return (names.sorted().map { dir + "/" + $0 }, dir)
+    }
+
+    func publicKey(explicit: String?, stateDir: String?) throws -> Curve25519.Signing.PublicKey {
+        var text = explicit
+        if let t = text, !t.isEmpty, t.contains("/") || (t.count != 43) {
+            text = String(decoding: try readInput(t), as: UTF8.self)
+        }
+        if text == nil, let stateDir {
+            text = (try? readInput(stateDir + "/evidence.pub")).map { String(decoding: $0, as: UTF8.self) }
+        }
+        guard let t = text?.split(whereSeparator: \.isWhitespace).first, let raw = Base64URL.decode(String(t)), raw.count == 32,
+              let k = try? Curve25519.Signing.PublicKey(rawRepresentation: raw) else {
+            throw ValidationError("no evidence public key: give --key (base64url, as in STATE_DIR/evidence.pub or GET /v1/evidence/key)")
+        }
+        return k
+    }
+}
+
+/// The parent directory of a path, without Foundation.
+struct NSStringLike {
+    let s: String
+    init(_ s: String) { self.s = s }
+    var parent: String {
+        guard let i = s.lastIndex(of: "/") else { return "." }
+        return i == s.startIndex ? "/" : String(s[..<i])
+    }
+}
+
+struct EvidenceAudit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Tail audit of an AISI's delay: p99 and p99.9 with confidence intervals, against its latency_ms.")
+    @OptionGroup var conn: Connection
+    @Option var aisi: String?
+    @Option var lease: String?
+    @Option(help: "RFC 3339") var since: String?
+    @Option(help: "RFC 3339") var until: String?
+    @Option(help: "Quantile the verdict is about (default 0.999).") var quantile: Double?
+    @Option(help: "Confidence level (default 0.95).") var confidence: Double?
+    @Option(name: .customLong("target-ms"), help: "Latency target instead of the leases' qos.latency_ms.") var targetMs: Double?
+    func run() throws {
+        guard aisi != nil || lease != nil else { throw ValidationError("give --aisi (or --lease)") }
+        var q: [String] = []
+        if let aisi { q.append("aisi=\(aisi)") }
+        if let lease { q.append("lease_id=\(lease)") }
+        if let since { q.append("since=\(since)") }
+        if let until { q.append("until=\(until)") }
+        if let quantile { q.append("quantile=\(quantile)") }
+        if let confidence { q.append("confidence=\(confidence)") }
+        if let targetMs { q.append("target_ms=\(targetMs)") }
+        let r = try conn.call("GET", "/v1/evidence/audit?" + q.joined(separator: "&"))
+        if conn.json { print(r.serialized()); return }
+        let d = r["delay"]
+        print("AISI \(r["aisi"]?.stringValue ?? "-")  windows \(r["windows"]?.int64Value ?? 0)  delay samples \(d?["samples"]?.int64Value ?? 0)  leases \((r["leases"]?.arrayValue ?? []).compactMap { $0["lease_id"]?.stringValue }.joined(separator: ","))")
+        let p = r["probes"], l = r["loss"]
+        func pct(_ v: JSON?) -> String { v?.doubleValue.map { "\(format3ms($0 * 100))%" } ?? "-" }
+        print("probes sent \(p?["sent"]?.int64Value ?? 0) received \(p?["received"]?.int64Value ?? 0); loss \(pct(l?["ratio"])) (to anchor \(pct(l?["forward"])), back \(pct(l?["backward"])))")
+        func row(_ e: JSON) -> [String] {
+            func v(_ k: String) -> String { e[k]?.doubleValue.map(format3ms) ?? "-" }
+            return ["p" + String(format3ms((e["quantile"]?.doubleValue ?? 0) * 100)).replacingZeros, e["method"]?.stringValue ?? "?", v("value_ms"), "[\(v("ci_low_ms")), \(v("ci_high_ms"))]"]
+        }
+        var rows = (d?["estimates"]?.arrayValue ?? []).map(row)
+        rows += (d?["empirical"]?.arrayValue ?? []).map { row($0) + ["(empirical)"] }.map { Array($0.prefix(4)) }
+        print(table(["QUANTILE", "METHOD", "DELAY ms", "CI (\(Int((d?["confidence"]?.doubleValue ?? 0.95) * 100))%)"], rows))
+        if let pot = d?["pot"], pot.objectValue != nil {
+            print("GPD over \(pot["threshold_ms"]?.doubleValue.map(format3ms) ?? "-") ms: \(pot["exceedances"]?.int64Value ?? 0) exceedances, xi \(pot["xi"]?.doubleValue ?? 0), sigma \(pot["sigma_ms"]?.doubleValue ?? 0) ms")
+        }
+        let target = d?["target_ms"]?.doubleValue.map { "\(format3ms($0)) ms (\(r["target_source"]?.stringValue ?? "-"))" } ?? "none"
+        print("target \(target) at p\(format3ms((d?["target_quantile"]?.doubleValue ?? 0.999) * 100).replacingZeros): \(r["verdict"]?.stringValue ?? "?")")
+    }
+}
+
+extension String {
+    /// "99.900" -> "99.9"
+    var replacingZeros: String {
+        guard contains(".") else { return self }
+        var s = self
+        while s.hasSuffix("0") { s.removeLast() }
+        if s.hasSuffix(".") { s.removeLast() }
+        return s
     }
 }
 

@@ -161,7 +161,7 @@ import Testing
         let lines = events.split(separator: "\n").map { try? JSON.parse(String($0)) }
         #expect(lines.map { $0?["event"]?.stringValue } == ["admitted", "expired"])
         #expect(lines.last??["lease_id"]?.stringValue == "L1")
-        let ev = try await agent.call("GET", "/v1/evidence?aisi=aisi-1").1
+        let ev = try await agent.call("GET", "/v1/evidence?aisi=aisi-1&kind=event").1
         #expect(ev["count"]?.int64Value == 2)
     }
 

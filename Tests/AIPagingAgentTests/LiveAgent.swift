@@ -17,15 +17,22 @@ final class LiveAgent: Sendable {
     var service: LeaseService { runtime.service }
     var client: UnixHTTPClient { UnixHTTPClient(path: socketPath) }
 
-    init(lab: ScriptLab, policy: Policy = .lab, capacityKbit: UInt64 = 100_000, flushOnExit: Bool = true) async throws {
+    /// Keeps `dir` (the state dir, with the evidence log) when the agent stops.
+    let keepDir: Bool
+
+    /// `stateDir`: reuse a state dir (a restart); otherwise a fresh temporary one.
+    init(lab: ScriptLab, policy: Policy = .lab, capacityKbit: UInt64 = 100_000, flushOnExit: Bool = true,
+         stateDir: String? = nil, keepDir: Bool = false, configure: (inout AgentConfig) -> Void = { _ in }) async throws {
         self.lab = lab
-        dir = NSTemporaryDirectory() + "aipaging-live-\(UUID().uuidString.prefix(8))"
+        self.keepDir = keepDir
+        dir = stateDir ?? NSTemporaryDirectory() + "aipaging-live-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         socketPath = dir + "/agent.sock"
         var cfg = AgentConfig()
         cfg.socketPath = socketPath
         cfg.stateDir = dir
         cfg.flushOnExit = flushOnExit
+        configure(&cfg)
         let point = EnforcementPointConfig(name: "ep", netns: lab.ns("enforce"), capacityKbit: capacityKbit)
         var logger = Logger(label: "live")
         logger.logLevel = .warning
@@ -49,7 +56,7 @@ final class LiveAgent: Sendable {
     func stop() async {
         task.cancel()
         _ = try? await task.value
-        try? FileManager.default.removeItem(atPath: dir)
+        if !keepDir { try? FileManager.default.removeItem(atPath: dir) }
     }
 
     @discardableResult

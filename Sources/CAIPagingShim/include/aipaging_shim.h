@@ -78,4 +78,65 @@ int aip_tc_bpf_load_priority_to_class(uint16_t qdisc_major, uint16_t first_group
                                       char *log, uint32_t log_size);
 // --- end tc / conntrack / route ---
 
+
+// --- UDP batches (udp_shim.c): the STAMP prober and reflector ---
+
+/// One datagram to send: payload, destination (family 4 or 6, address in network order, port in
+/// host order) and, if `has_priority`, the SO_PRIORITY the datagram carries (cmsg).
+typedef struct aip_udp_out {
+    const void *data;
+    uint32_t len;
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t family;
+    uint8_t has_priority;
+    uint32_t priority;
+} aip_udp_out;
+
+/// One received datagram: `data`/`cap` are the caller's buffer; the rest is filled in. `rx_ns` is
+/// the kernel's receive time (SO_TIMESTAMPNS, CLOCK_REALTIME ns; 0 if absent), `ttl` the IPv4 TTL
+/// or IPv6 hop limit (-1 if absent).
+typedef struct aip_udp_in {
+    void *data;
+    uint32_t cap;
+    uint32_t len;
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t family;
+    uint8_t truncated;
+    int64_t rx_ns;
+    int16_t ttl;
+} aip_udp_in;
+
+/// A non-blocking UDP socket (IPv6 sockets are v6-only) with receive timestamps and TTL/hop
+/// limit reporting, bound to addr:port if either is given (addr NULL: any). Buffer sizes <= 0
+/// keep the defaults. Returns the fd or -1 with errno set.
+int aip_udp_open(uint8_t family, const uint8_t *addr, uint16_t port, int rcvbuf, int sndbuf);
+/// setsockopt(SO_PRIORITY).
+int aip_udp_set_priority(int fd, uint32_t priority);
+/// The bound local port, or -1.
+int aip_udp_local_port(int fd);
+/// sendmmsg of up to 128 datagrams; returns how many were sent, or -1 with errno (EINVAL from
+/// the first message when the kernel does not take SO_PRIORITY as a control message).
+int aip_udp_send_batch(int fd, const aip_udp_out *msgs, unsigned n);
+/// recvmmsg (MSG_DONTWAIT) of up to 128 datagrams; returns how many, 0 if none, -1 with errno.
+int aip_udp_recv_batch(int fd, aip_udp_in *msgs, unsigned n);
+
+/// Kernel send timestamps: SO_TIMESTAMPING with TX_SCHED (taken as a datagram enters the
+/// packet scheduler, before any queueing in tc), OPT_ID (each datagram's key: its number among the
+/// socket's datagrams since this call, from 0) and OPT_TSONLY. Returns 0 or -1 with errno.
+int aip_udp_enable_tx_timestamps(int fd);
+/// Reads up to n send timestamps (CLOCK_REALTIME ns) from the error queue with their keys.
+/// Returns how many, 0 if none, -1 with errno.
+int aip_udp_read_tx_timestamps(int fd, uint32_t *keys, int64_t *ns, unsigned n);
+
+/// The kernel's estimate of the system clock's error (adjtimex `esterror`) in ns, -1 if unknown;
+/// `*synchronized` is 1 when the clock is synchronized (no STA_UNSYNC, state not TIME_ERROR).
+int64_t aip_clock_error_ns(int *synchronized);
+
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), its signal and its drain.
+int aip_eventfd(void);
+int aip_eventfd_signal(int fd);
+void aip_eventfd_drain(int fd);
+
 #endif

@@ -1,0 +1,715 @@
+import AIPagingCore
+import AIPagingKernel
+import CAIPagingShim
+import Foundation
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the exporter measures one enforcement point.
+public struct EvidencePoint: Sendable {
+    public var name: String
+    /// The point's namespace: probe sockets and the counter-reading nftables socket are opened
+    /// there. Nil: the point has no kernel (the in-memory test backend): no probes, no counters.
+    public var namespace: NetworkNamespace?
+    public init(name: String, namespace: NetworkNamespace?) {
+        self.name = name
+        self.namespace = namespace
+    }
+}
+
+/// Measures every live lease and writes its EVI window records, on one thread of its own (never
+/// the agent's event loop): a STAMP session per lease (probes sent through the lease's HTB class
+/// to the anchor's reflector), the lease's nftables counters (one batched dump per point and read),
+/// and at each window's end plus the probe timeout one window record per lease.
+///
+/// Leases come in through `observe(_:lease:)`, which the lease service calls for every lifecycle
+/// event (cheap: a queue append, and an eventfd write when the queue was empty).
+public final class EvidenceExporter: Sendable {
+    enum Command: Sendable {
+        case upsert(Lease)
+        case end(Lease, LifecycleEvent.Kind, WallTime)
+    }
+
+    struct Inbox: Sendable {
+        var commands: [Command] = []
+        var stopping = false
+    }
+
+    /// Live figures for /v1/status and /metrics.
+    public struct Stats: Sendable {
+        public var sessions = 0
+        public var probing = 0
+        public var probesSent: UInt64 = 0
+        public var probesReceived: UInt64 = 0
+        public var windows: UInt64 = 0
+        public var counterReads: UInt64 = 0
+        public var lastError: String?
+        public var priorityMode = "cmsg"
+    }
+
+    let settings: EvidenceSettings
+    let points: [EvidencePoint]
+    let log: EvidenceLog
+    let metrics: AgentMetrics?
+    let logger: Logger
+    let inbox = Mutex(Inbox())
+    let stats = Mutex(Stats())
+    let wakeFD: Int32
+    let finished = DispatchSemaphore(value: 0)
+    let started = Atomic<Bool>(false)
+
+    public init(settings: EvidenceSettings, points: [EvidencePoint], log: EvidenceLog, metrics: AgentMetrics?, logger: Logger) {
+        self.settings = settings
+        self.points = points
+        self.log = log
+        self.metrics = metrics
+        self.logger = logger
+        wakeFD = aip_eventfd()
+    }
+
+    deinit { if wakeFD >= 0 { close(wakeFD) } }
+
+    /// Starts the measurement thread with `initial` leases (those live at start).
+    public func start(initial: [Lease]) {
+        guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        inbox.withLock { $0.commands = initial.map { .upsert($0) } + $0.commands }
+        let this = self
+        Thread.detachNewThread {
+            Thread.current.name = "aip-evidence"
+            let loop = ExporterLoop(this)
+            loop.run()
+            this.finished.signal()
+        }
+    }
+
+    /// Called by the lease service for every lifecycle event, on its thread: only queues.
+    public func observe(_ e: LifecycleEvent, lease: Lease) {
+        let cmd: Command
+        switch e.kind {
+        case .admitted, .switched, .renewed: cmd = .upsert(lease)
+        // The lease's measurement ends when the service began removing its kernel state (its HTB
+        // class among it), not when the removal was done: probes sent in between may be dropped
+        // on the way out and are not counted.
+        case .drained, .expired, .revoked: cmd = .end(lease, e.kind, lease.endedAt?.wall ?? e.wall)
+        case .repaired: return
+        }
+        let signal = inbox.withLock { i -> Bool in
+            guard !i.stopping else { return false }
+            let wasEmpty = i.commands.isEmpty
+            i.commands.append(cmd)
+            return wasEmpty
+        }
+        if signal { _ = aip_eventfd_signal(wakeFD) }
+    }
+
+    /// Ends measurement: every live lease gets its last (partial) window record; blocks until the
+    /// thread has queued them.
+    public func stop() {
+        inbox.withLock { $0.stopping = true }
+        _ = aip_eventfd_signal(wakeFD)
+        if started.load(ordering: .acquiring) { finished.wait() }
+    }
+
+    public var currentStats: Stats { stats.withLock { $0 } }
+}
+
+/// The exporter's thread-confined state and loop. Created on, and only used by, the exporter
+/// thread.
+final class ExporterLoop {
+    let owner: EvidenceExporter
+    let settings: EvidenceSettings
+    let windowNs: Int64
+    let intervalNs: Int64
+    let timeoutNs: Int64
+    let tickNs: Int64
+
+    final class Session {
+        var lease: Lease
+        let point: String
+        let family: IPAddress.Family
+        var ssid: UInt16 = 0
+        /// The probe socket the session sends through (nil: not probing).
+        var group: ProbeGroup?
+        /// The anchor's address and the lease's HTB class (as SO_PRIORITY), kept here so that a
+        /// probe's send and reply touch no lease fields.
+        let anchor: IPAddress
+        var priority: UInt32
+        var ledger: ProbeLedger
+        /// Slot of the send wheel (its phase within the probe interval).
+        let bucket: Int
+        var removed = false
+        let startNs: Int64
+        var endNs: Int64?
+        var endKind: LifecycleEvent.Kind?
+        var finalizeAtNs: Int64?
+        /// Windows emitted up to (inclusive).
+        var emittedThrough: Int64
+        /// Counters as last read (cumulative kernel values) and per-window deltas.
+        var last = FlowCounters()
+        var haveBaseline = false
+        var deltas: [Int64: FlowCounters] = [:]
+        var resets: Set<Int64> = []
+        var countersAsOf: [Int64: Int64] = [:]
+        var preExpiryDone = false
+
+        init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
+            self.lease = lease
+            self.point = point
+            family = lease.request.anchor.address.family
+            anchor = lease.request.anchor.address
+            priority = lease.qosClass.classid
+            self.ledger = ledger
+            self.startNs = startNs
+            self.bucket = bucket
+            emittedThrough = window - 1
+        }
+    }
+
+    /// One probe socket (a point and an address family) and its sessions.
+    final class ProbeGroup {
+        let point: String
+        let socket: UDPBatchSocket
+        /// Probing sessions by SSID (allocated densely from 1, so an array).
+        var bySSID: [Session?] = [nil]
+        var freeSSIDs: [UInt16] = []
+        /// This tick's probes and, for each, its session and sequence number.
+        var items: [UDPBatchSocket.Outgoing] = []
+        var owners: [(Session, UInt32)] = []
+        var stamps: [(UInt32, Int64)] = []
+
+        init(point: String, socket: UDPBatchSocket) {
+            self.point = point
+            self.socket = socket
+        }
+    }
+
+    struct PointIO {
+        var nft: NFTablesSocket?
+        var v4: ProbeGroup?
+        var v6: ProbeGroup?
+        /// Sockets per priority when the kernel does not take SO_PRIORITY per datagram.
+        var perPriority: [UInt64: UDPBatchSocket] = [:]
+    }
+
+    var sessions: [LeaseID: Session] = [:]
+    /// The send wheel: the probe interval in `wheel.count` ticks; each probing session sits in
+    /// the slot of its phase, so a tick touches only the sessions due in it.
+    var wheel: [[Session]]
+    var lastTick: Int64
+    /// Sessions that ended and wait for their last window's probe timeout.
+    var ending: [Session] = []
+    /// The earliest boot-clock instant at which some lease's pre-expiry counter read is due.
+    var nextPreExpiryBoot: UInt64 = .max
+    /// Every probe socket.
+    var groups: [ProbeGroup] = []
+    /// (point, mark) -> lease id whose counters the mark's elements are.
+    var byMark: [String: [UInt32: LeaseID]] = [:]
+    var io: [String: PointIO] = [:]
+    var perDatagramPriority = true
+    var nextBoundaryNs: Int64
+    var nextCounterReadNs: Int64
+    /// Windows to finalize: (when, window index).
+    var pendingFinalize: [(Int64, Int64)] = []
+    var errorEstimate = STAMPErrorEstimate.systemClock()
+    var lastEstimateNs: Int64 = 0
+    var sendBuffer: [UInt8] = []
+
+    init(_ owner: EvidenceExporter) {
+        self.owner = owner
+        settings = owner.settings
+        windowNs = Int64(settings.windowMs) * 1_000_000
+        intervalNs = Int64(settings.probeIntervalMs) * 1_000_000
+        timeoutNs = Int64(settings.probeTimeoutMs) * 1_000_000
+        let slots = max(1, min(20, settings.probeIntervalMs / 2))
+        tickNs = intervalNs > 0 ? intervalNs / Int64(slots) : 50_000_000
+        wheel = [[Session]](repeating: [], count: slots)
+        let now = realtimeNanoseconds()
+        lastTick = now / tickNs
+        nextBoundaryNs = (now / windowNs + 1) * windowNs
+        nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+        for p in owner.points {
+            var pio = PointIO()
+            if let ns = p.namespace {
+                do {
+                    pio.nft = try NFTablesSocket(namespace: ns)
+                } catch {
+                    note("cannot open an nftables socket in \(ns) for counters: \(error)")
+                }
+                if settings.probeIntervalMs > 0 {
+                    do {
+                        let v4 = try UDPBatchSocket(family: .ipv4, namespace: ns)
+                        let v6 = try UDPBatchSocket(family: .ipv6, namespace: ns)
+                        try v4.enableSendTimestamps()
+                        try v6.enableSendTimestamps()
+                        pio.v4 = ProbeGroup(point: p.name, socket: v4)
+                        pio.v6 = ProbeGroup(point: p.name, socket: v6)
+                        groups += [pio.v4!, pio.v6!]
+                    } catch {
+                        let hint = [EAFNOSUPPORT, EPERM, EACCES].contains(error.errno)
+                            ? " (IP sockets are not permitted here, e.g. systemd RestrictAddressFamilies= without AF_INET/AF_INET6;"
+                              + " see systemd/evidence-probes.conf)" : ""
+                        note("cannot open probe sockets in \(ns): \(error)\(hint); no delay/loss probes at \(p.name), counters and records go on")
+                    }
+                }
+            }
+            io[p.name] = pio
+        }
+    }
+
+    func note(_ message: String) {
+        owner.logger.warning("evidence: \(message)")
+        owner.stats.withLock { $0.lastError = message }
+    }
+
+    // MARK: loop
+
+    /// The loop wakes once per tick (the probe interval / up to 20) or when leases change: it sends
+    /// the probes of the tick's slot in one `sendmmsg` per socket, drains the replies that came
+    /// meanwhile (their kernel receive timestamps make the delay independent of when they are
+    /// read), reads counters when due, and finalizes windows.
+    func run() {
+        var pfds = [pollfd(fd: owner.wakeFD, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let stopping = drainInbox()
+            var now = realtimeNanoseconds()
+            if stopping {
+                finishAll(at: now)
+                return
+            }
+            if now - lastEstimateNs > 10_000_000_000 {
+                errorEstimate = STAMPErrorEstimate.systemClock()
+                lastEstimateNs = now
+            }
+            receiveAll()
+            sendDueProbes(now: now)
+            if now >= nextBoundaryNs {
+                readCounters(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
+                pendingFinalize.append((nextBoundaryNs + timeoutNs, nextBoundaryNs / windowNs - 1))
+                nextBoundaryNs += windowNs
+                if nextBoundaryNs <= now { nextBoundaryNs = (now / windowNs + 1) * windowNs }
+                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+            } else if now >= nextCounterReadNs || preExpiryDue() {
+                readCounters(attributeTo: now / windowNs, now: now)
+                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+            }
+            now = realtimeNanoseconds()
+            runFinalizations(now: now)
+
+            // Sleep until the next tick (or boundary, counter read, finalization).
+            var next = min(nextBoundaryNs, nextCounterReadNs)
+            if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
+            for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
+            if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
+            let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
+            pfds[0].revents = 0
+            if poll(&pfds, 1, waitMs) > 0 { aip_eventfd_drain(owner.wakeFD) }
+        }
+    }
+
+    func receiveAll() {
+        for g in groups { receive(g) }
+    }
+
+    /// Applies queued lease changes; true when the exporter is stopping.
+    func drainInbox() -> Bool {
+        let (cmds, stopping) = owner.inbox.withLock { i -> ([EvidenceExporter.Command], Bool) in
+            let c = i.commands
+            i.commands = []
+            return (c, i.stopping)
+        }
+        guard !cmds.isEmpty else { return stopping }
+        let now = realtimeNanoseconds()
+        for c in cmds {
+            switch c {
+            case .upsert(let lease): upsert(lease, now: now)
+            case .end(let lease, let kind, let at): end(lease, kind, at: at.nanosecondsSinceEpoch, now: now)
+            }
+        }
+        owner.stats.withLock {
+            $0.sessions = sessions.count
+            $0.probing = sessions.values.filter { $0.ssid != 0 && $0.endNs == nil }.count
+            $0.priorityMode = perDatagramPriority ? "cmsg" : "socket-per-class"
+        }
+        return stopping
+    }
+
+    func upsert(_ lease: Lease, now: Int64) {
+        if let s = sessions[lease.id] {
+            // Renewal: new deadline, maybe new rates (the class stays); a delete+add of the qos
+            // elements resets their counters, which the next read detects.
+            if s.endNs == nil {
+                s.lease = lease
+                s.priority = lease.qosClass.classid
+                s.preExpiryDone = false
+                schedulePreExpiry(lease)
+            }
+            return
+        }
+        let point = lease.enforcementPoint
+        guard io[point] != nil else { return }
+        // A probe stays in the ledger until its window is finalized (the window's end plus the
+        // probe timeout): a window and a timeout of probes, plus one more timeout and 64 of slack
+        // for a late loop (rounded up to a power of two by the ledger).
+        let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) + 64
+        let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: settings.probeIntervalMs > 0 ? cap : 1)
+        var h: UInt64 = 1469598103934665603
+        for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
+        let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
+        if settings.probeIntervalMs > 0, let g = group(point, s.family), let ssid = allocateSSID(g) {
+            s.ssid = ssid
+            s.group = g
+            g.bySSID[Int(ssid)] = s
+            wheel[s.bucket].append(s)
+        }
+        sessions[lease.id] = s
+        byMark[point, default: [:]][lease.mark] = lease.id
+        schedulePreExpiry(lease)
+    }
+
+    func schedulePreExpiry(_ lease: Lease) {
+        nextPreExpiryBoot = min(nextPreExpiryBoot, lease.deadline.nanoseconds &- 150_000_000)
+    }
+
+    func end(_ lease: Lease, _ kind: LifecycleEvent.Kind, at: Int64, now: Int64) {
+        guard let s = sessions[lease.id], s.endNs == nil else { return }
+        s.endNs = max(at, s.startNs)
+        s.endKind = kind
+        s.ledger.withdraw(sentAtOrAfter: s.endNs!)
+        s.finalizeAtNs = now + timeoutNs
+        ending.append(s)
+        if byMark[s.point]?[lease.mark] == lease.id { byMark[s.point]?[lease.mark] = nil }
+    }
+
+    func group(_ point: String, _ family: IPAddress.Family) -> ProbeGroup? {
+        family == .ipv4 ? io[point]?.v4 : io[point]?.v6
+    }
+
+    func allocateSSID(_ g: ProbeGroup) -> UInt16? {
+        if let s = g.freeSSIDs.popLast() { return s }
+        guard g.bySSID.count <= 0xFFFF else {
+            note("more than 65535 probe sessions on one socket at \(g.point): further leases are not probed")
+            return nil
+        }
+        g.bySSID.append(nil)
+        return UInt16(g.bySSID.count - 1)
+    }
+
+    func releaseSSID(_ s: Session) {
+        guard s.ssid != 0, let g = s.group else { return }
+        if g.bySSID[Int(s.ssid)] === s { g.bySSID[Int(s.ssid)] = nil }
+        g.freeSSIDs.append(s.ssid)
+        s.ssid = 0
+        s.group = nil
+    }
+
+    // MARK: probes
+
+    func sendDueProbes(now: Int64) {
+        guard settings.probeIntervalMs > 0 else { return }
+        let tick = now / tickNs
+        guard tick > lastTick else { return }
+        // Every slot whose tick came since the last pass (at most one turn of the wheel).
+        let from = max(lastTick + 1, tick - Int64(wheel.count) + 1)
+        lastTick = tick
+        sendBuffer.removeAll(keepingCapacity: true)
+        let t1 = NTPTimestamp(unixNanoseconds: now)
+        let window = now / windowNs
+        let port = settings.probePort
+        var packet = [UInt8](repeating: 0, count: STAMPSenderPacket.length)
+        var any = false
+        for t in from...tick {
+            let b = Int(t % Int64(wheel.count))
+            if wheel[b].contains(where: { $0.removed || $0.endNs != nil }) {
+                wheel[b].removeAll { $0.removed || $0.endNs != nil }
+            }
+            for s in wheel[b] {
+                guard s.ssid != 0, let g = s.group else { continue }
+                let seq = s.ledger.send(at: now, window: window)
+                STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
+                g.items.append(UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.anchor,
+                                                       port: port, priority: s.priority))
+                g.owners.append((s, seq))
+                sendBuffer.append(contentsOf: packet)
+                any = true
+            }
+        }
+        guard any else { return }
+        var sent = 0
+        for g in groups where !g.items.isEmpty {
+            let sock = g.socket
+            // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
+            // (before the lease's HTB class); without one, the time just before the send call.
+            let before = realtimeNanoseconds()
+            for (s, seq) in g.owners { s.ledger.correctSendTime(seq, to: before) }
+            let n = sendItems(g.point, sock, g.items)
+            if perDatagramPriority && sock.lastAttempted < g.items.count {
+                // The socket buffer was full: the rest never left (and are not counted).
+                for (s, seq) in g.owners[sock.lastAttempted...] { s.ledger.withdraw(sequence: seq) }
+            }
+            if perDatagramPriority && sock.sendTimestamps {
+                g.stamps.removeAll(keepingCapacity: true)
+                sock.readSendTimestamps { g.stamps.append(($0, $1)) }
+                let order = sock.lastSent
+                if g.stamps.count == order.count {
+                    g.stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
+                    for (k, i) in order.enumerated() where i < g.owners.count {
+                        let (s, seq) = g.owners[i]
+                        s.ledger.correctSendTime(seq, to: g.stamps[k].1)
+                    }
+                }
+            }
+            sent += n
+            g.items.removeAll(keepingCapacity: true)
+            g.owners.removeAll(keepingCapacity: true)
+        }
+        owner.stats.withLock { $0.probesSent += UInt64(sent) }
+    }
+
+    /// Sends with per-datagram priorities, or, on a kernel without SO_PRIORITY control messages,
+    /// through one socket per priority.
+    func sendItems(_ point: String, _ sock: UDPBatchSocket, _ items: [UDPBatchSocket.Outgoing]) -> Int {
+        if perDatagramPriority {
+            do {
+                return try sock.send(items, buffer: sendBuffer)
+            } catch where error.errno == EINVAL {
+                perDatagramPriority = false
+                note("the kernel does not take SO_PRIORITY per datagram; using one probe socket per QoS class")
+            } catch {
+                note("sending probes at \(point): \(error)")
+                return 0
+            }
+        }
+        // Fallback: group by priority; each group through its own socket (bound to the shared
+        // socket's port is not possible, so each class's probes come from a port of their own).
+        var n = 0
+        var groups: [UInt32: [UDPBatchSocket.Outgoing]] = [:]
+        for it in items { groups[it.priority ?? 0, default: []].append(it) }
+        for (prio, group) in groups {
+            let key = UInt64(prio) << 1 | (sock.family == .ipv6 ? 1 : 0)
+            var s = io[point]?.perPriority[key]
+            if s == nil, let ns = owner.points.first(where: { $0.name == point })?.namespace {
+                s = try? UDPBatchSocket(family: sock.family, namespace: ns)
+                try? s?.setPriority(prio)
+                io[point]?.perPriority[key] = s
+            }
+            guard let s else { continue }
+            n += (try? s.send(group.map { var g = $0; g.priority = nil; return g }, buffer: sendBuffer)) ?? 0
+        }
+        return n
+    }
+
+    func receive(_ g: ProbeGroup) {
+        let window = realtimeNanoseconds() / windowNs
+        var received = 0
+        let port = settings.probePort
+        do {
+            try g.socket.receive(max: 4096) { bytes, meta in
+                guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes), Int(reply.ssid) < g.bySSID.count,
+                      let s = g.bySSID[Int(reply.ssid)], meta.address == s.anchor else { return }
+                let t4 = meta.receiveNs != 0 ? meta.receiveNs : realtimeNanoseconds()
+                if case .delay = s.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
+            }
+        } catch {
+            note("receiving probe replies at \(g.point): \(error)")
+        }
+        if received > 0 { owner.stats.withLock { $0.probesReceived += UInt64(received) } }
+    }
+
+    // MARK: counters
+
+    /// Whether some lease's deadline is under 150 ms away: the kernel removes a lease's counters
+    /// with its elements at the deadline, so they are read just before.
+    func preExpiryDue() -> Bool {
+        let boot = aip_boottime_ns()
+        guard boot >= nextPreExpiryBoot else { return false }
+        nextPreExpiryBoot = .max
+        for s in sessions.values where s.endNs == nil && !s.preExpiryDone {
+            let at = s.lease.deadline.nanoseconds &- 150_000_000
+            if at <= boot { s.preExpiryDone = true } else { nextPreExpiryBoot = min(nextPreExpiryBoot, at) }
+        }
+        return true
+    }
+
+    /// One dump of the qos map per point; each live lease's delta goes to `window`.
+    func readCounters(attributeTo window: Int64, now: Int64) {
+        for (name, pio) in io {
+            guard let nft = pio.nft, let marks = byMark[name], !marks.isEmpty else { continue }
+            let elements: [NFTQoSElement]
+            do {
+                elements = try nft.listQoS()
+            } catch {
+                note("reading counters at \(name): \(error)")
+                continue
+            }
+            var current: [UInt32: FlowCounters] = [:]
+            for e in elements {
+                var c = current[e.mark] ?? FlowCounters()
+                if e.direction == .original {
+                    c.originalPackets = e.packets; c.originalBytes = e.bytes
+                } else {
+                    c.replyPackets = e.packets; c.replyBytes = e.bytes
+                }
+                current[e.mark] = c
+            }
+            for (mark, id) in marks {
+                guard let s = sessions[id], let c = current[mark] else { continue }
+                var d = FlowCounters()
+                if c.originalPackets < s.last.originalPackets || c.replyPackets < s.last.replyPackets
+                    || c.originalBytes < s.last.originalBytes || c.replyBytes < s.last.replyBytes {
+                    // The elements were replaced (renewal by delete+add): the counters restarted at 0.
+                    d = c
+                    s.resets.insert(window)
+                } else {
+                    d.originalPackets = c.originalPackets - s.last.originalPackets
+                    d.originalBytes = c.originalBytes - s.last.originalBytes
+                    d.replyPackets = c.replyPackets - s.last.replyPackets
+                    d.replyBytes = c.replyBytes - s.last.replyBytes
+                }
+                s.last = c
+                s.haveBaseline = true
+                var acc = s.deltas[window] ?? FlowCounters()
+                acc.originalPackets += d.originalPackets
+                acc.originalBytes += d.originalBytes
+                acc.replyPackets += d.replyPackets
+                acc.replyBytes += d.replyBytes
+                s.deltas[window] = acc
+                s.countersAsOf[window] = now
+            }
+        }
+        owner.stats.withLock { $0.counterReads += 1 }
+    }
+
+    // MARK: windows and records
+
+    func runFinalizations(now: Int64) {
+        var records: [EVIRecord] = []
+        let due = pendingFinalize.filter { $0.0 <= now }.map(\.1).sorted()
+        pendingFinalize.removeAll { $0.0 <= now }
+        for w in due {
+            for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) where w > s.emittedThrough {
+                if let end = s.endNs, w > end / windowNs { continue }
+                records.append(windowRecord(s, window: w, final: false))
+                s.emittedThrough = w
+            }
+        }
+        let done = ending.filter { ($0.finalizeAtNs ?? .max) <= now }
+        if !done.isEmpty {
+            ending.removeAll { ($0.finalizeAtNs ?? .max) <= now }
+            for s in done.sorted(by: { $0.lease.id < $1.lease.id }) {
+                records += finalRecords(s, end: s.endNs ?? now)
+                remove(s)
+            }
+        }
+        if !records.isEmpty {
+            owner.log.append(records)
+            owner.stats.withLock { $0.windows += UInt64(records.count) }
+        }
+    }
+
+    func finalRecords(_ s: Session, end: Int64) -> [EVIRecord] {
+        var out: [EVIRecord] = []
+        let last = end / windowNs
+        var w = s.emittedThrough + 1
+        while w <= last {
+            out.append(windowRecord(s, window: w, final: w == last))
+            w += 1
+        }
+        s.emittedThrough = last
+        return out
+    }
+
+    func remove(_ s: Session) {
+        s.removed = true
+        releaseSSID(s)
+        if byMark[s.point]?[s.lease.mark] == s.lease.id { byMark[s.point]?[s.lease.mark] = nil }
+        sessions[s.lease.id] = nil
+        if !sessions.values.contains(where: { $0.lease.aisi == s.lease.aisi }) { owner.metrics?.releaseAISI(s.lease.aisi) }
+    }
+
+    /// Every live lease's last window at stop; written before the log closes.
+    func finishAll(at now: Int64) {
+        readCounters(attributeTo: now / windowNs, now: now)
+        // Let replies in flight arrive (bounded: the probe timeout, at most 1 s).
+        let until = realtimeNanoseconds() + min(timeoutNs, 1_000_000_000)
+        while realtimeNanoseconds() < until {
+            // (Send timestamps still queued would make poll report POLLERR at once.)
+            for g in groups { g.socket.readSendTimestamps { _, _ in } }
+            var pfds = groups.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
+            guard !pfds.isEmpty, sessions.values.contains(where: { $0.ssid != 0 }) else { break }
+            if poll(&pfds, nfds_t(pfds.count), 50) <= 0 { break }
+            for (i, g) in groups.enumerated() where pfds[i].revents != 0 { receive(g) }
+        }
+        var records: [EVIRecord] = []
+        for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {
+            if s.endNs == nil {
+                s.endNs = now
+                s.endKind = nil
+            }
+            records += finalRecords(s, end: s.endNs!)
+        }
+        owner.log.append(records)
+    }
+
+    func windowRecord(_ s: Session, window w: Int64, final: Bool) -> EVIRecord {
+        let start = max(w * windowNs, s.startNs)
+        let end = final ? min((w + 1) * windowNs, s.endNs ?? (w + 1) * windowNs) : (w + 1) * windowNs
+        let stats = s.ledger.finalize(window: w)
+        var f = JSON.Object()
+        f["window"] = ["start": .string(WallTime(nanosecondsSinceEpoch: start).rfc3339),
+                       "end": .string(WallTime(nanosecondsSinceEpoch: end).rfc3339),
+                       "ms": .int(max(0, (end - start) / 1_000_000))]
+        if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
+        f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
+        if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
+            let d = s.deltas.removeValue(forKey: w) ?? FlowCounters()
+            var flow = JSON.Object()
+            flow["client_to_anchor"] = ["packets": .int(d.originalPackets), "bytes": .int(d.originalBytes)]
+            flow["anchor_to_client"] = ["packets": .int(d.replyPackets), "bytes": .int(d.replyBytes)]
+            if s.resets.remove(w) != nil { flow["counter_reset"] = true }
+            if let asOf = s.countersAsOf.removeValue(forKey: w), final || asOf < end - 50_000_000 {
+                flow["counted_until"] = .string(WallTime(nanosecondsSinceEpoch: asOf).rfc3339)
+            }
+            f["flow"] = .object(flow)
+        } else {
+            f["flow"] = .null
+        }
+        // Older windows' counters that never got a record (none expected) are dropped.
+        for k in s.deltas.keys where k < w { s.deltas[k] = nil }
+
+        if s.ssid != 0 || stats.sent > 0 {
+            var p = JSON.Object()
+            p["sent"] = .int(stats.sent)
+            p["received"] = .int(stats.received)
+            let stateful = settings.reflectorMode == .stateful
+            p["lost_forward"] = stateful ? .int(stats.lostForward) : .null
+            p["lost_backward"] = stateful ? .int(stats.lostBackward) : .null
+            p["lost_unknown"] = .int(stats.lostUnknown)
+            if stats.duplicates > 0 { p["duplicates"] = .int(stats.duplicates) }
+            if stats.reordered > 0 { p["reordered"] = .int(stats.reordered) }
+            if stats.late > 0 { p["late"] = .int(stats.late) }
+            f["probes"] = .object(p)
+            var loss = JSON.Object()
+            func ratio(_ a: Int, _ b: Int) -> JSON { b > 0 ? .double((Double(a) / Double(b) * 1e6).rounded() / 1e6) : .null }
+            loss["ratio"] = ratio(stats.sent - stats.received, stats.sent)
+            loss["forward"] = stateful ? ratio(stats.lostForward, stats.sent) : .null
+            loss["backward"] = stateful ? ratio(stats.lostBackward, stats.received + stats.lostBackward) : .null
+            f["loss"] = .object(loss)
+            let summary = DelaySummary(samples: stats.delaysNs)
+            f["delay_ms"] = summary?.json ?? .null
+            f["jitter_ms"] = stats.jitterNs.map { .double(($0 / 1000).rounded() / 1000) } ?? .null
+            var h = DelayHistogram()
+            for d in stats.delaysNs { h.record(nanoseconds: d) }
+            f["delay_hist"] = h.json
+            owner.metrics?.observeWindow(aisi: s.lease.aisi, stats: stats, summary: summary, stateful: stateful)
+        } else {
+            f["probes"] = .null
+        }
+        let l = s.lease
+        return EVIRecord(kind: .window, event: final ? "final" : nil, aisi: l.aisi, leaseID: l.id, enforcementPoint: s.point,
+                         anchor: l.request.anchor, qos: l.request.qos, relatedLease: nil,
+                         time: WallTime(nanosecondsSinceEpoch: end), monotonicNs: aip_boottime_ns(), fields: f)
+    }
+}

@@ -1,0 +1,159 @@
+import Testing
+@testable import AIPagingCore
+
+/// The sender's bookkeeping of a STAMP session: loss in each direction from the sender's and the
+/// reflector's sequence numbers, two-way delay, reordering, duplicates, late replies.
+@Suite struct ProbeLedgerTests {
+    static let t0: Int64 = 1_795_000_000_000_000_000
+
+    /// A reflector packet answering probe `s` as the `r`-th reflected, with `rtt` ns of path delay
+    /// and `residence` ns spent in a reflector whose clock is `offset` ns off.
+    func reply(_ s: UInt32, _ r: UInt32, sentAt t1: Int64, rtt: Int64 = 2_000_000, residence: Int64 = 100_000,
+               offset: Int64 = 123_456_789) -> (STAMPReflectorPacket, Int64) {
+        let t2 = t1 + rtt / 2 + offset
+        let t3 = t2 + residence
+        let t4 = t1 + rtt + residence
+        let p = STAMPReflectorPacket(sequence: r, timestamp: NTPTimestamp(unixNanoseconds: t3), errorEstimate: STAMPErrorEstimate(raw: 1),
+                                     ssid: 1, receiveTimestamp: NTPTimestamp(unixNanoseconds: t2), senderSequence: s,
+                                     senderTimestamp: NTPTimestamp(unixNanoseconds: t1), senderErrorEstimate: STAMPErrorEstimate(raw: 1),
+                                     senderTTL: 64)
+        return (p, t4)
+    }
+
+    func sendTen(_ l: inout ProbeLedger) -> [Int64] {
+        (0..<10).map { i in
+            let t = Self.t0 + Int64(i) * 100_000_000
+            _ = l.send(at: t, window: 0)
+            return t
+        }
+    }
+
+    @Test func lossInEachDirectionFromTheTwoSequenceNumbers() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        // The reflector saw 0,1,3,4,6,7,8,9 (2 and 5 lost on the way there) and numbered them
+        // 0...7; the replies to 4 (r=3) and 8 (r=6) were lost on the way back.
+        for (s, r) in [(0, 0), (1, 1), (3, 2), (6, 4), (7, 5), (9, 7)] as [(UInt32, UInt32)] {
+            let (p, t4) = reply(s, r, sentAt: t[Int(s)])
+            #expect(l.receive(p, at: t4, currentWindow: 0) == .delay(ns: 2_000_000, window: 0))
+        }
+        let w = l.finalize(window: 0)
+        #expect(w.sent == 10 && w.received == 6)
+        #expect(w.lostForward == 2 && w.lostBackward == 2 && w.lostUnknown == 0)
+        #expect(w.delaysNs.allSatisfy { $0 == 2_000_000 })
+        #expect(w.jitterNs == 0)
+    }
+
+    /// Probes sent after the measured interval ended (a lease's kernel state being removed) are
+    /// forgotten whatever became of them: answered, lost, or still pending.
+    @Test func probesAfterTheEndAreWithdrawn() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        // 0...5 answered in order (r = s), 6 lost on the way there (7 answered as r=6), 8 and 9 pending.
+        for s in [0, 1, 2, 3, 4, 5, 7] {
+            let (p, t4) = reply(UInt32(s), UInt32(min(s, 6)), sentAt: t[s])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        // The interval ended at probe 6's send time: 6...9 are withdrawn.
+        #expect(l.withdraw(sentAtOrAfter: t[6]) == 4)
+        let w = l.finalize(window: 0)
+        #expect(w.sent == 6 && w.received == 6 && w.lost == 0 && w.delaysNs.count == 6)
+        // A reply to a withdrawn probe is not one of the session's.
+        let (p, t4) = reply(8, 7, sentAt: t[8])
+        #expect(l.receive(p, at: t4, currentWindow: 1) == .unknown)
+    }
+
+    /// A probe the send call did not get to is withdrawn by sequence number.
+    @Test func anUnsentProbeIsWithdrawn() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        _ = sendTen(&l)
+        l.withdraw(sequence: 9)
+        l.withdraw(sequence: 42)   // not a probe of the ledger: nothing happens
+        let w = l.finalize(window: 0)
+        #expect(w.sent == 9 && w.lostUnknown == 9)
+    }
+
+    @Test func lossBeforeTheFirstReplyIsAttributedToo() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        // 0 and 1 lost on the way there, 2 reflected (r=0) but lost back; 3 is the first reply (r=1).
+        let (p, t4) = reply(3, 1, sentAt: t[3])
+        _ = l.receive(p, at: t4, currentWindow: 0)
+        for s in 4..<10 {
+            let (q, u4) = reply(UInt32(s), UInt32(s - 2), sentAt: t[s])
+            _ = l.receive(q, at: u4, currentWindow: 0)
+        }
+        let w = l.finalize(window: 0)
+        #expect(w.lostForward == 2 && w.lostBackward == 1 && w.received == 7)
+    }
+
+    @Test func statelessReflectorLossHasNoDirection() {
+        var l = ProbeLedger(mode: .stateless, capacity: 64)
+        let t = sendTen(&l)
+        for s in [0, 1, 4, 5, 9] as [UInt32] {
+            let (p, t4) = reply(s, s, sentAt: t[Int(s)])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        let w = l.finalize(window: 0)
+        #expect(w.received == 5 && w.lostUnknown == 5 && w.lostForward == 0 && w.lostBackward == 0)
+    }
+
+    @Test func unansweredTailIsLostAtFinalizeAndALateReplyIsCountedLate() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        for s in 0..<7 {
+            let (p, t4) = reply(UInt32(s), UInt32(s), sentAt: t[s])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        let w = l.finalize(window: 0)
+        #expect(w.received == 7 && w.lostUnknown == 3)
+        let (late, t4) = reply(8, 8, sentAt: t[8], rtt: 3_000_000_000)
+        #expect(l.receive(late, at: t4, currentWindow: 1) == .late)
+        #expect(l.finalize(window: 1).late == 1)
+    }
+
+    @Test func reorderedAndDuplicateReplies() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        for s in [0, 1, 3, 2, 4, 5, 6, 7, 8, 9] as [UInt32] {
+            let (p, t4) = reply(s, s, sentAt: t[Int(s)])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        let (dup, t4) = reply(9, 9, sentAt: t[9])
+        #expect(l.receive(dup, at: t4, currentWindow: 0) == .duplicate)
+        let w = l.finalize(window: 0)
+        #expect(w.received == 10 && w.lost == 0 && w.reordered == 1 && w.duplicates == 1)
+    }
+
+    @Test func reflectorRestartMakesThatGapDirectionless() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let t = sendTen(&l)
+        for (s, r) in [(0, 0), (1, 1), (2, 2), (5, 0), (6, 1)] as [(UInt32, UInt32)] {   // restarted before 5
+            let (p, t4) = reply(s, r, sentAt: t[Int(s)])
+            _ = l.receive(p, at: t4, currentWindow: 0)
+        }
+        let w = l.finalize(window: 0)
+        #expect(w.lostUnknown == 2 + 3)   // 3, 4 (gap over the restart) and 7, 8, 9 (no later reply)
+        #expect(w.lostForward == 0 && w.lostBackward == 0)
+    }
+
+    @Test func windowsAndJitter() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        var t: [Int64] = []
+        for i in 0..<6 {
+            let ts = Self.t0 + Int64(i) * 100_000_000
+            t.append(ts)
+            _ = l.send(at: ts, window: Int64(i / 3))
+        }
+        let rtts: [Int64] = [1_000_000, 3_000_000, 2_000_000, 1_000_000, 1_000_000, 1_000_000]
+        for s in 0..<6 {
+            let (p, t4) = reply(UInt32(s), UInt32(s), sentAt: t[s], rtt: rtts[s])
+            _ = l.receive(p, at: t4, currentWindow: 1)
+        }
+        let w0 = l.finalize(window: 0), w1 = l.finalize(window: 1)
+        #expect(w0.sent == 3 && w1.sent == 3)
+        #expect(w0.jitterNs == 1_500_000)   // |3-1| and |2-3| ms
+        #expect(w1.jitterNs == 0)
+        #expect(l.openWindows.isEmpty)
+    }
+}
