@@ -51,7 +51,7 @@ public struct AgentConfig: Sendable, Equatable {
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
                                   "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
                                   "reconcile_interval_ms", "drift_repair", "comment",
-                                  "evidence_window_ms", "probe_interval_ms", "probe_timeout_ms", "probe_port", "probe_reflector",
+                                  "evidence_window_ms", "probe_interval_ms", "max_probe_rate", "probe_timeout_ms", "probe_port", "probe_reflector",
                                   "counter_interval_ms", "evidence_sync_ms", "evidence_segment_bytes", "metrics_max_aisi"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
         if let v = root["socket"] { guard let s = v.stringValue else { throw fail("socket must be a path") }; c.socketPath = s }
@@ -92,6 +92,7 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if let n = try int("evidence_window_ms", 1000...60_000) { c.evidence.windowMs = n }
         if let n = try int("probe_interval_ms", 0...60_000) { c.evidence.probeIntervalMs = n }
+        if let n = try int("max_probe_rate", 0...10_000_000) { c.evidence.maxProbeRate = n }
         if let n = try int("probe_timeout_ms", 10...60_000) { c.evidence.probeTimeoutMs = n }
         if let n = try int("probe_port", 1...65_535) { c.evidence.probePort = UInt16(n) }
         if let n = try int("counter_interval_ms", 100...60_000) { c.evidence.counterIntervalMs = n }

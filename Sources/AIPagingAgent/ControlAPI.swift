@@ -458,7 +458,8 @@ extension ControlAPI {
             if let e = st.lastError { o["last_write_error"] = .string(e) }
         }
         if let ex = evidence.exporter?.currentStats {
-            o["measurement"] = ["sessions": .int(ex.sessions), "probing": .int(ex.probing), "probes_sent": .int(ex.probesSent),
+            o["measurement"] = ["sessions": .int(ex.sessions), "probing": .int(ex.probing), "probe_stride": .int(ex.probeStride),
+                                "probes_sent": .int(ex.probesSent),
                                 "probes_received": .int(ex.probesReceived), "window_records": .int(ex.windows),
                                 "priority_mode": .string(ex.priorityMode), "last_error": .optional(ex.lastError)]
         }

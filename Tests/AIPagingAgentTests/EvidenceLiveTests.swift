@@ -69,6 +69,35 @@ import Testing
         #expect(downPackets >= answered && downPackets <= requests.count, "anchor->client packets \(downPackets), answered \(answered)")
     }
 
+    /// `max_probe_rate` bounds the exporter's probes in all: two leases at 100 probes/s each with a
+    /// budget of 50/s probe every 4th interval (the smallest stride that fits), so about 50 probes/s
+    /// leave instead of 200, and the leases' windows still count every probe sent.
+    @Test func theProbeBudgetStretchesTheProbeInterval() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let reflector = try Background.reflector(lab, "edge")
+        defer { reflector.stop() }
+        let agent = try await LiveAgent(lab: lab) { c in
+            c.evidence.windowMs = 1000
+            c.evidence.probeIntervalMs = 10
+            c.evidence.probeTimeoutMs = 200
+            c.evidence.maxProbeRate = 50
+        }
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/P1", json: labLease("P1", aisi: "aisi-p1", client: 1, ttlMs: 60_000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/P2", json: labLease("P2", aisi: "aisi-p2", client: 2, ttlMs: 60_000)).0 == 201)
+        try await Task.sleep(for: .milliseconds(300))
+        let m0 = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]
+        #expect(m0?["probe_stride"]?.int64Value == 4 && m0?["probing"]?.int64Value == 2, "\(String(describing: m0))")
+        let sent0 = m0?["probes_sent"]?.int64Value ?? 0
+        try await Task.sleep(for: .milliseconds(3000))
+        let m1 = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]
+        let rate = Double((m1?["probes_sent"]?.int64Value ?? 0) - sent0) / 3.0
+        print("probe budget 50/s, 2 leases at 100/s each: \(rate) probes/s sent")
+        #expect(rate > 35 && rate < 65, "\(rate) probes/s")
+        #expect((m1?["probes_received"]?.int64Value ?? 0) > 0)
+    }
+
     /// A 8 Mbit/s TBF on the anchor's uplink kept full by background traffic adds ~20 ms; the
     /// records' median two-way delay matches an independent UDP round-trip measurement (another
     /// tool, another port, same path) taken at the same time, within 1 ms or 10 %.

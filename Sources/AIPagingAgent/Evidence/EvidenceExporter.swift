@@ -42,6 +42,8 @@ public final class EvidenceExporter: Sendable {
     public struct Stats: Sendable {
         public var sessions = 0
         public var probing = 0
+        /// Each lease probes every `probeStride`-th interval (1 unless `max_probe_rate` binds).
+        public var probeStride = 1
         public var probesSent: UInt64 = 0
         public var probesReceived: UInt64 = 0
         public var windows: UInt64 = 0
@@ -250,7 +252,7 @@ final class ExporterLoop {
                     } catch {
                         let hint = [EAFNOSUPPORT, EPERM, EACCES].contains(error.errno)
                             ? " (IP sockets are not permitted here, e.g. systemd RestrictAddressFamilies= without AF_INET/AF_INET6;"
-                              + " see systemd/evidence-probes.conf)" : ""
+                              + " the shipped unit allows them)" : ""
                         note("cannot open probe sockets in \(ns): \(error)\(hint); no delay/loss probes at \(p.name), counters and records go on")
                     }
                 }
@@ -328,9 +330,11 @@ final class ExporterLoop {
             case .end(let lease, let kind, let at): end(lease, kind, at: at.nanosecondsSinceEpoch, now: now)
             }
         }
+        if !cmds.isEmpty { updateProbeStride() }
         owner.stats.withLock {
             $0.sessions = sessions.count
-            $0.probing = sessions.values.filter { $0.ssid != 0 && $0.endNs == nil }.count
+            $0.probing = probingCount
+            $0.probeStride = Int(probeStride)
             $0.priorityMode = perDatagramPriority ? "cmsg" : "socket-per-class"
         }
         return stopping
@@ -407,6 +411,30 @@ final class ExporterLoop {
 
     // MARK: probes
 
+    /// Leases with a probe session (counted when leases change).
+    var probingCount = 0
+    /// Each session probes every `probeStride`-th turn of the wheel (`max_probe_rate`).
+    var probeStride: Int64 = 1
+
+    func updateProbeStride() {
+        probingCount = sessions.values.reduce(0) { $0 + ($1.ssid != 0 && $1.endNs == nil ? 1 : 0) }
+        guard settings.probeIntervalMs > 0 else { return }
+        var stride: Int64 = 1
+        if settings.maxProbeRate > 0 {
+            // probes/s at full rate: probing × 1000 / interval; the smallest stride that fits.
+            let wanted = Int64(probingCount) * 1000
+            let budget = Int64(settings.maxProbeRate) * Int64(settings.probeIntervalMs)
+            stride = max(1, (wanted + budget - 1) / budget)
+        }
+        if stride != probeStride {
+            owner.logger.notice("evidence: probe rate limited", metadata: [
+                "probing_leases": "\(probingCount)", "max_probe_rate": "\(settings.maxProbeRate)",
+                "every_nth_interval": "\(stride)",
+                "effective_interval_ms": "\(Int64(settings.probeIntervalMs) * stride)"])
+            probeStride = stride
+        }
+    }
+
     func sendDueProbes(now: Int64) {
         guard settings.probeIntervalMs > 0 else { return }
         let tick = now / tickNs
@@ -420,12 +448,16 @@ final class ExporterLoop {
         let port = settings.probePort
         var packet = [UInt8](repeating: 0, count: STAMPSenderPacket.length)
         var any = false
+        let stride = probeStride
         for t in from...tick {
             let b = Int(t % Int64(wheel.count))
             if wheel[b].contains(where: { $0.removed || $0.endNs != nil }) {
                 wheel[b].removeAll { $0.removed || $0.endNs != nil }
             }
-            for s in wheel[b] {
+            let turn = t / Int64(wheel.count)
+            for (k, s) in wheel[b].enumerated() {
+                // Rate-limited: a slot's sessions take turns (k-th session on every stride-th turn).
+                if stride > 1 && (turn + Int64(k)) % stride != 0 { continue }
                 guard s.ssid != 0, let g = s.group else { continue }
                 let seq = s.ledger.send(at: now, window: window)
                 STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)

@@ -7,6 +7,11 @@ public struct EvidenceSettings: Sendable, Equatable {
     public var windowMs = 10_000
     /// Probe interval per lease (`probe_interval_ms`; 0 turns probing off; default 100 = 10 Hz).
     public var probeIntervalMs = 100
+    /// Most probes per second the exporter sends in all (`max_probe_rate`; 0: no limit). When the
+    /// probing leases at `probeIntervalMs` would exceed it, each lease probes every k-th interval
+    /// (the smallest k that fits), spread evenly, and the agent logs k: many leases cost bounded
+    /// CPU and probe traffic instead of starving the agent.
+    public var maxProbeRate = 20_000
     /// A probe with no reply this long after its window ended counts as lost (`probe_timeout_ms`).
     public var probeTimeoutMs = 1000
     /// UDP port of the anchors' STAMP reflectors (`probe_port`, default 862, RFC 8762's).
@@ -27,7 +32,7 @@ public struct EvidenceSettings: Sendable, Equatable {
     public init() {}
 
     public var json: JSON {
-        ["window_ms": .int(windowMs), "probe_interval_ms": .int(probeIntervalMs), "probe_timeout_ms": .int(probeTimeoutMs),
+        ["window_ms": .int(windowMs), "probe_interval_ms": .int(probeIntervalMs), "max_probe_rate": .int(maxProbeRate), "probe_timeout_ms": .int(probeTimeoutMs),
          "probe_port": .int(probePort), "probe_reflector": .string(reflectorMode.rawValue),
          "counter_interval_ms": .int(counterIntervalMs), "sync_ms": .int(syncIntervalMs)]
     }
