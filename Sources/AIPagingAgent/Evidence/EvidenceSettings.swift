@@ -11,7 +11,7 @@ public struct EvidenceSettings: Sendable, Equatable {
     /// probing leases at `probeIntervalMs` would exceed it, each lease probes every k-th interval
     /// (the smallest k that fits), spread evenly, and the agent logs k: many leases cost bounded
     /// CPU and probe traffic instead of starving the agent.
-    public var maxProbeRate = 20_000
+    public var maxProbeRate = 10_000
     /// A probe with no reply this long after its window ended counts as lost (`probe_timeout_ms`).
     public var probeTimeoutMs = 1000
     /// UDP port of the anchors' STAMP reflectors (`probe_port`, default 862, RFC 8762's).
