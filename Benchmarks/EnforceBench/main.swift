@@ -18,6 +18,8 @@ struct Options {
     var samples = 200
     var clients = 64
     var naiveMax = 10_000
+    /// An agent config file (`--config`), e.g. to change the evidence settings.
+    var agentConfig: String?
 }
 
 func parseOptions() -> Options {
@@ -31,6 +33,7 @@ func parseOptions() -> Options {
         case "--samples": opt.samples = Int(args.popFirst()!)!
         case "--clients": opt.clients = Int(args.popFirst()!)!
         case "--naive-max": opt.naiveMax = Int(args.popFirst()!)!
+        case "--agent-config": opt.agentConfig = args.popFirst()!
         default: fatalError("unknown option \(a)")
         }
     }
@@ -99,7 +102,7 @@ sh([opt.repo + "/scripts/lab.sh", "up", prefix, "--services"])
 let agentProc = Process()
 agentProc.executableURL = URL(fileURLWithPath: opt.agent)
 agentProc.arguments = ["--netns", ns, "--socket", socketPath, "--state-dir", dir, "--capacity-kbit", "1000000000",
-                       "--flush-on-exit", "--log-level", "warning"]
+                       "--flush-on-exit", "--log-level", "warning"] + (opt.agentConfig.map { ["--config", $0] } ?? [])
 agentProc.standardError = FileHandle(forWritingAtPath: "/dev/null")
 try agentProc.run()
 func cleanup() {

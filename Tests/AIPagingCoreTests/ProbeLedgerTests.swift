@@ -44,6 +44,41 @@ import Testing
         #expect(w.jitterNs == 0)
     }
 
+    /// The ring starts at 16 entries and grows only while probes are pending: a session answered
+    /// promptly keeps 16; 100 unanswered probes grow it to 128 (not to the capacity) without
+    /// losing track of any, and their late replies still resolve every one.
+    @Test func theRingGrowsOnlyWithPendingProbes() {
+        var quick = ProbeLedger(mode: .stateful, capacity: 1000)
+        for i in 0..<200 {
+            let t = Self.t0 + Int64(i) * 10_000_000
+            let s = quick.send(at: t, window: 0)
+            let (p, t4) = reply(s, UInt32(i), sentAt: t)
+            #expect(quick.receive(p, at: t4, currentWindow: 0) == .delay(ns: 2_000_000, window: 0))
+        }
+        #expect(quick.ringSize == 16)
+        #expect(quick.finalize(window: 0).received == 200)
+
+        var slow = ProbeLedger(mode: .stateful, capacity: 1000)
+        let times = (0..<100).map { i -> Int64 in
+            let t = Self.t0 + Int64(i) * 10_000_000
+            _ = slow.send(at: t, window: 0)
+            return t
+        }
+        #expect(slow.ringSize == 128)
+        for (i, t) in times.enumerated() {
+            let (p, t4) = reply(UInt32(i), UInt32(i), sentAt: t)
+            #expect(slow.receive(p, at: t4, currentWindow: 0) == .delay(ns: 2_000_000, window: 0))
+        }
+        let w = slow.finalize(window: 0)
+        #expect(w.sent == 100 && w.received == 100 && w.lostUnknown == 0)
+
+        // At the capacity the oldest pending probe is given up as lost (direction unknown).
+        var full = ProbeLedger(mode: .stateful, capacity: 64)
+        for i in 0..<65 { _ = full.send(at: Self.t0 + Int64(i), window: 0) }
+        #expect(full.ringSize == 64)
+        #expect(full.windows[0]?.lostUnknown == 1)
+    }
+
     /// Probes sent after the measured interval ended (a lease's kernel state being removed) are
     /// forgotten whatever became of them: answered, lost, or still pending.
     @Test func probesAfterTheEndAreWithdrawn() {

@@ -67,8 +67,12 @@ public struct ProbeLedger: Sendable {
     }
 
     public let mode: ReflectorMode
+    /// Probes awaiting their fate, by `seq & mask`. Starts small and doubles (up to
+    /// `maxCapacity`) when a probe would overwrite one still pending, so a lease that probes
+    /// rarely (e.g. under `max_probe_rate`) holds a few entries, not a window's worth.
     private var ring: [Entry]
-    private let mask: Int
+    private var mask: Int
+    private let maxCapacity: Int
     public private(set) var nextSequence: UInt32 = 0
     private var lastReply: (s: UInt32, r: UInt32)?
     private var firstSequence: UInt32 = 0
@@ -100,12 +104,28 @@ public struct ProbeLedger: Sendable {
     }
 
     /// `capacity` bounds how many probes can await an answer; it is rounded up to a power of two.
+    /// The ring starts at 16 entries (or `capacity`, if smaller) and grows on demand.
     public init(mode: ReflectorMode, capacity: Int) {
         self.mode = mode
         var c = 64
         while c < capacity { c <<= 1 }
-        ring = [Entry](repeating: Entry(), count: c)
-        mask = c - 1
+        maxCapacity = c
+        let start = min(16, c)
+        ring = [Entry](repeating: Entry(), count: start)
+        mask = start - 1
+    }
+
+    /// Entries the ring holds now (grows up to the capacity given at init).
+    public var ringSize: Int { ring.count }
+
+    /// Doubles the ring; the entries in it are distinct sequence numbers within one ring size of
+    /// each other, so each keeps a slot of its own.
+    private mutating func grow() {
+        var bigger = [Entry](repeating: Entry(), count: ring.count * 2)
+        let m = bigger.count - 1
+        for e in ring where e.valid { bigger[Int(e.seq) & m] = e }
+        ring = bigger
+        mask = m
     }
 
     /// Records that probe `nextSequence` left at `t1` (ns) in window `window`, and returns its
@@ -113,7 +133,11 @@ public struct ProbeLedger: Sendable {
     public mutating func send(at t1: Int64, window: Int64) -> UInt32 {
         let seq = nextSequence
         nextSequence &+= 1
-        let i = Int(seq) & mask
+        var i = Int(seq) & mask
+        while ring[i].valid && ring[i].state == .pending && ring.count < maxCapacity {
+            grow()
+            i = Int(seq) & mask
+        }
         if ring[i].valid && ring[i].state == .pending {
             // Overwritten before its fate was known: lost, direction unknown.
             resolve(i, .lostUnknown)
