@@ -344,6 +344,63 @@ public final class EvidenceLog: Sendable {
             writeHead()
         }
 
+        /// Writes the sealed lines in `pending`. The writer seals at most 1 024 records between
+        /// writes, so a burst of records never builds a large buffer.
+        func writePending() {
+            guard !pending.isEmpty else { return }
+            if fd < 0 { _ = openSegment(new: false) }
+            if fd >= 0 && segmentSize > 0 && segmentSize + pending.count > segmentBytes {
+                sync()
+                Glibc.close(fd)
+                fd = -1
+                _ = openSegment(new: true)
+                // Records already counted in the old segment's metadata belong to the new one
+                // when they were sealed before the roll: fix the first sequence number.
+                let first = seq - pendingCount + 1
+                shared.withLock { s in
+                    if let i = s.segments.indices.last { s.segments[i].firstSeq = first }
+                }
+            }
+            if fd >= 0 {
+                var off = 0
+                var failed = false
+                pending.withUnsafeBytes { raw in
+                    while off < raw.count {
+                        let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                        if n < 0 {
+                            if errno == EINTR { continue }
+                            failed = true
+                            break
+                        }
+                        off += n
+                    }
+                }
+                if failed {
+                    recordError("write: \(String(cString: strerror(errno)))")
+                    pending.removeFirst(off)
+                } else {
+                    let n = pending.count
+                    let c = pendingCount
+                    segmentSize += n
+                    pending.removeAll(keepingCapacity: pending.capacity <= 4 << 20)
+                    pendingCount = 0
+                    dirty = true
+                    let s = seq, h = hash
+                    let ready = shared.withLock { st -> [CheckedContinuation<Void, Never>] in
+                        st.headSeq = s
+                        st.headHash = h
+                        st.bytesWritten += UInt64(n)
+                        st.recordsWritten += c
+                        st.written += c
+                        let due = st.waiters.filter { $0.0 <= st.written }.map(\.1)
+                        st.waiters.removeAll { $0.0 <= st.written }
+                        return due
+                    }
+                    for c in ready { c.resume() }
+                }
+            }
+        }
+
         _ = openSegment(new: shared.withLock { $0.segments.isEmpty })
 
         while true {
@@ -364,7 +421,8 @@ public final class EvidenceLog: Sendable {
                 s.queue = []
                 return (b, s.stopping)
             }
-            for r in batch {
+            for (k, r) in batch.enumerated() {
+                if k > 0 && k % 1024 == 0 { writePending() }
                 do {
                     let (line, h) = try EvidenceChain.seal(body: r.body, seq: seq + 1, prev: hash, key: signingKey, keyID: key.keyID)
                     seq += 1
@@ -385,59 +443,7 @@ public final class EvidenceLog: Sendable {
                     recordError("signing: \(error)")
                 }
             }
-            if !pending.isEmpty {
-                if fd < 0 { _ = openSegment(new: false) }
-                if fd >= 0 && segmentSize > 0 && segmentSize + pending.count > segmentBytes {
-                    sync()
-                    Glibc.close(fd)
-                    fd = -1
-                    _ = openSegment(new: true)
-                    // Records already counted in the old segment's metadata belong to the new one
-                    // when they were sealed before the roll: fix the first sequence number.
-                    let first = seq - pendingCount + 1
-                    shared.withLock { s in
-                        if let i = s.segments.indices.last { s.segments[i].firstSeq = first }
-                    }
-                }
-                if fd >= 0 {
-                    var off = 0
-                    var failed = false
-                    pending.withUnsafeBytes { raw in
-                        while off < raw.count {
-                            let n = write(fd, raw.baseAddress! + off, raw.count - off)
-                            if n < 0 {
-                                if errno == EINTR { continue }
-                                failed = true
-                                break
-                            }
-                            off += n
-                        }
-                    }
-                    if failed {
-                        recordError("write: \(String(cString: strerror(errno)))")
-                        pending.removeFirst(off)
-                    } else {
-                        let n = pending.count
-                        let c = pendingCount
-                        segmentSize += n
-                        pending.removeAll(keepingCapacity: true)
-                        pendingCount = 0
-                        dirty = true
-                        let s = seq, h = hash
-                        let ready = shared.withLock { st -> [CheckedContinuation<Void, Never>] in
-                            st.headSeq = s
-                            st.headHash = h
-                            st.bytesWritten += UInt64(n)
-                            st.recordsWritten += c
-                            st.written += c
-                            let due = st.waiters.filter { $0.0 <= st.written }.map(\.1)
-                            st.waiters.removeAll { $0.0 <= st.written }
-                            return due
-                        }
-                        for c in ready { c.resume() }
-                    }
-                }
-            }
+            writePending()
             if stopping {
                 let empty = shared.withLock { $0.queue.isEmpty }
                 if empty && pending.isEmpty {
