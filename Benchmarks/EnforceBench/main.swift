@@ -103,7 +103,13 @@ let agentProc = Process()
 agentProc.executableURL = URL(fileURLWithPath: opt.agent)
 agentProc.arguments = ["--netns", ns, "--socket", socketPath, "--state-dir", dir, "--capacity-kbit", "1000000000",
                        "--flush-on-exit", "--log-level", "warning"] + (opt.agentConfig.map { ["--config", $0] } ?? [])
-agentProc.standardError = FileHandle(forWritingAtPath: "/dev/null")
+// AIP_BENCH_AGENT_LOG=FILE keeps the agent's log (stderr) for a look afterwards.
+if let path = ProcessInfo.processInfo.environment["AIP_BENCH_AGENT_LOG"] {
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    agentProc.standardError = FileHandle(forWritingAtPath: path)
+} else {
+    agentProc.standardError = FileHandle(forWritingAtPath: "/dev/null")
+}
 try agentProc.run()
 func cleanup() {
     if agentProc.isRunning {

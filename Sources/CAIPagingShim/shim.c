@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <linux/netlink.h>
 #include <sys/syscall.h>
+#include <sys/resource.h>
 
 int aip_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 int aip_unshare_net(void) { return unshare(CLONE_NEWNET); }
@@ -73,4 +74,9 @@ uint32_t aip_crc32(uint32_t crc, const void *data, size_t len) {
     }
     while (len--) c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
     return ~c;
+}
+
+int aip_thread_set_nice(int nice) {
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : -errno;
 }

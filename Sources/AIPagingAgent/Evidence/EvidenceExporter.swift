@@ -81,6 +81,8 @@ public final class EvidenceExporter: Sendable {
         let this = self
         Thread.detachNewThread {
             Thread.current.name = "aip-evidence"
+            // Background work: on a small node the lease service (expiry, admissions) comes first.
+            _ = aip_thread_set_nice(10)
             let loop = ExporterLoop(this)
             loop.run()
             this.finished.signal()

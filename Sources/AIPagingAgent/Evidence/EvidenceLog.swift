@@ -1,4 +1,5 @@
 import AIPagingCore
+import CAIPagingShim
 import Crypto
 import Foundation
 import Logging
@@ -146,6 +147,7 @@ public final class EvidenceLog: Sendable {
         let this = self
         Thread.detachNewThread {
             Thread.current.name = "aip-evi-log"   // (15 characters at most)
+            _ = aip_thread_set_nice(10)           // background: the lease service comes first
             this.writerLoop()
         }
     }

@@ -139,4 +139,8 @@ int aip_eventfd(void);
 int aip_eventfd_signal(int fd);
 void aip_eventfd_drain(int fd);
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread). For background
+/// work (evidence) that must never delay the lease service on a small machine. 0 or -errno.
+int aip_thread_set_nice(int nice);
+
 #endif
