@@ -28,14 +28,16 @@ import Testing
             c.evidence.probeTimeoutMs = 400
         }
         defer { Task { await agent.stop() } }
-        let (s, _) = try await agent.call("PUT", "/v1/leases/L1", json: labLease("L1", aisi: "aisi-loss", ttlMs: 5500))
+        let (s, put) = try await agent.call("PUT", "/v1/leases/L1", json: labLease("L1", aisi: "aisi-loss", ttlMs: 5500))
         #expect(s == 201)
+        let leaseClass = put["kernel"]?["class"]?.stringValue ?? "?"
         let flow = try StreamProcess(lab: lab, addr: vip(false), seconds: 4, intervalMs: 20)
         try await Task.sleep(for: .milliseconds(4500))
         // The probes share the lease's class: it has sent at least every probe sent so far.
         let probesSent = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]?["probes_sent"]?.int64Value ?? 0
-        let classSent = lab.tcSentPackets("r-edge")["100:2"] ?? 0
-        #expect(probesSent > 1500 && classSent >= Int(probesSent), "class 100:2 sent \(classSent), probes sent \(probesSent)")
+        let classes = lab.tcSentPackets("r-edge")
+        let classSent = classes[leaseClass] ?? 0
+        #expect(probesSent > 1500 && classSent >= Int(probesSent), "class \(leaseClass) sent \(classSent), probes sent \(probesSent); all classes: \(classes)")
         let requests = flow.finish()
         try await Task.sleep(for: .milliseconds(1700))   // expiry at 5.5 s, then the probe timeout
 

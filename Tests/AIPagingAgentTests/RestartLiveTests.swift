@@ -56,7 +56,7 @@ import Testing
         let agent = Mutex<Process?>(try Self.startAgent(lab, dir: dir))
         defer { agent.withLock { p in if let p, p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } } }
         let sent = Mutex<[Sent]>([])
-        let samples = Mutex<[(Int64, [String: UInt32])]>([])   // time, classifier client -> mark
+        let samples = Mutex<[(Int64, Int64, [String: UInt32])]>([])   // read began, read ended, classifier client -> mark
         let stop = Atomic<Bool>(false)
         let socket = dir + "/agent.sock"
 
@@ -115,9 +115,11 @@ import Testing
         // The sampler: the kernel's steering elements, independently of the agent.
         let sampler = Thread {
             while !stop.load(ordering: .relaxed) {
-                let t = Self.nowMs()
+                // The state read existed at some instant between t0 and t1 (the read takes a few ms).
+                let t0 = Self.nowMs()
                 if let text = try? lab.exec("enforce", ["nft", "-j", "list", "map", "inet", "aipaging", "lease4"]) {
-                    samples.withLock { $0.append((t, RestartLiveTests.steering(text))) }
+                    let t1 = Self.nowMs()
+                    samples.withLock { $0.append((t0, t1, RestartLiveTests.steering(text))) }
                 }
                 Thread.sleep(forTimeInterval: 0.03)
             }
@@ -183,9 +185,12 @@ import Testing
         //    element belongs to a lease that was requested before the sample and neither expired
         //    nor revoked (acknowledged) by then — also while the agent was dead and restarting.
         let samplesNow = samples.withLock { $0 }
-        #expect(samplesNow.contains { $0.0 > killedAt && $0.0 < restartedAt }, "no sample during the outage")
+        #expect(samplesNow.contains { $0.0 > killedAt && $0.1 < restartedAt }, "no sample during the outage")
         var violations: [String] = []
-        for (t, elems) in samplesNow {
+        // An element seen in a read that began at t and ended at tEnd existed at some instant in
+        // between: it outlived its lease only if t is past the end; it may belong to a request
+        // sent up to tEnd.
+        for (t, tEnd, elems) in samplesNow {
             for (client, mark) in elems {
                 let owner = all.first { $0.mark == mark && $0.classifierClient == client }
                 if let o = owner {
@@ -195,7 +200,7 @@ import Testing
                     // Not acknowledged (yet): a PUT in flight at t for that classifier, or one in
                     // doubt (in flight at the kill) within its ttl.
                     let inFlight = all.contains {
-                        $0.classifierClient == client && $0.sentMs <= t
+                        $0.classifierClient == client && $0.sentMs <= tEnd
                             && (($0.answeredMs ?? .max) >= t - 20 || ($0.status == 0 && t <= $0.sentMs + $0.ttlMs + 50))
                     }
                     if !inFlight { violations.append("t=\(t) \(client) steered with mark \(String(mark, radix: 16)) by no requested lease") }

@@ -110,6 +110,16 @@ public final class KernelChangeMonitor: Sendable {
                                   detail: "subscribing to kernel change notifications in \(namespace) needs CAP_NET_ADMIN")
             }
         }
+        // The agent's own large transactions (a cold start reinstalls every lease) queue one
+        // notification per element at once; each costs ~1 kB of receive buffer (skb truesize).
+        // A deep queue keeps them from overrunning it while this thread drains (an overrun is
+        // reported as `lost` and costs a full resync); the memory is used only while queued.
+        for fd in [nftFD, routeFD] {
+            var size: Int32 = 32 << 20
+            if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+        }
         try join(nftFD, UInt32(NFNLGRP_NFTABLES.rawValue), "NFNLGRP_NFTABLES")
         try join(routeFD, UInt32(RTNLGRP_TC.rawValue), "RTNLGRP_TC")
         nftablesPortID = netlinkPortID(fd: nftFD)
