@@ -126,6 +126,9 @@ public struct Planner: Sendable {
                 if have == nil { plan.flushUnsteered.append(c) }
             }
         }
+        // Marks the applied steering of the scope's classifiers still points at: a lease whose
+        // steering element goes away in this very transaction (expiry, revoke).
+        let steeredMarks = Set(scope.classifiers.compactMap { applied.steering[$0]?.mark })
         for m in scope.marks.sorted() {
             let haveA = applied.anchors[m], needA = want.anchors[m]
             if let haveA, let needA, haveA.address == needA.address, haveA.port == needA.port,
@@ -142,10 +145,14 @@ public struct Planner: Sendable {
                 if let haveQ { plan.nft.append(.deleteQoS(mark: m, classid: haveQ.classid)) }
                 if let needQ { plan.nft.append(.addQoS(mark: m, classid: needQ.classid, deadline: needQ.deadline)) }
             }
-            // A mark whose lease is gone: cut its flows (conntrack) before and after the
-            // transaction that removes its elements.
+            // A mark whose lease is gone: cut its flows (conntrack) after the transaction that
+            // removes its elements (until then the gate drops their packets). A drained lease,
+            // whose classifier already steers to its successor, is also cut *before* it: its
+            // connectionless flows then re-classify onto the successor while the old elements
+            // still exist, so they move without losing a packet. Each flush walks the kernel's
+            // whole conntrack table; expiries and revokes need only the one after.
             if needA == nil && needQ == nil && (haveA != nil || haveQ != nil) {
-                plan.flushMarksBefore.append(m)
+                if !steeredMarks.contains(m) { plan.flushMarksBefore.append(m) }
                 plan.flushMarksAfter.append(m)
             }
         }
