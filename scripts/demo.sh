@@ -36,8 +36,9 @@ probe() { echo "\$ client: probe 198.18.100.10 udp/7000 -> $(in_ns client python
 step "lab: client 198.18.1.2, enforcement point $P-enforce, anchors edge-1 198.18.2.2 and cloud-1 198.18.3.2"
 scripts/lab.sh up $P --services
 # STAMP reflectors on the anchors (lab.sh down ends every process in the lab's namespaces).
-in_ns edge "$BIN/aipaging-reflector" --quiet & disown   # (no "Killed" notice when lab.sh ends them)
-in_ns cloud "$BIN/aipaging-reflector" --quiet & disown
+# (started directly, not through in_ns: a function's subshell would report "Killed" at the end)
+ip netns exec "$P-edge" "$BIN/aipaging-reflector" --quiet & disown
+ip netns exec "$P-cloud" "$BIN/aipaging-reflector" --quiet & disown
 echo '{"evidence_window_ms": 2000}' > "$STATE/config.json"
 "$BIN/aipaging-agent" --netns $P-enforce --socket "$AIPAGING_SOCKET" --state-dir "$STATE" --config "$STATE/config.json" \
     --policy policies/example.json --capacity-kbit 100000 --flush-on-exit 2> "$STATE/agent.log" &

@@ -92,9 +92,14 @@ import Testing
         let m0 = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]
         #expect(m0?["probe_stride"]?.int64Value == 4 && m0?["probing"]?.int64Value == 2, "\(String(describing: m0))")
         let sent0 = m0?["probes_sent"]?.int64Value ?? 0
+        let clock = ContinuousClock()
+        let t0 = clock.now
         try await Task.sleep(for: .milliseconds(3000))
         let m1 = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]
-        let rate = Double((m1?["probes_sent"]?.int64Value ?? 0) - sent0) / 3.0
+        // Over the time that really passed between the two reads (the suite runs in parallel).
+        let d = (clock.now - t0).components
+        let elapsed = Double(d.seconds) + Double(d.attoseconds) / 1e18
+        let rate = Double((m1?["probes_sent"]?.int64Value ?? 0) - sent0) / elapsed
         print("probe budget 50/s, 2 leases at 100/s each: \(rate) probes/s sent")
         #expect(rate > 35 && rate < 65, "\(rate) probes/s")
         #expect((m1?["probes_received"]?.int64Value ?? 0) > 0)
