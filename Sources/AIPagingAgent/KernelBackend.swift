@@ -22,6 +22,12 @@ public final class KernelBackend: EnforcementBackend {
     var ifindexCache: [String: Int32] = [:]
     /// Marks whose conntrack entries could not be flushed; retried by `maintenance()`.
     var pendingFlushes: Set<UInt32> = []
+    /// Extra timeout margin learned from transactions that took longer than theirs (the agent's
+    /// thread descheduled between reading the clock and the kernel taking the batch, on a loaded
+    /// node): elements then expire that much before their deadline rather than after it. Capped
+    /// (it must stay within the resync's early tolerance) and decaying when transactions are fast.
+    var learnedMarginNs: UInt64 = 0
+    static let maxLearnedMarginNs: UInt64 = 15_000_000
     /// Removes, in the background, conntrack entries of flows that began before their lease.
     let sweeper: UnsteeredSweeper
 
@@ -101,9 +107,12 @@ public final class KernelBackend: EnforcementBackend {
         try applyTC(plan.tcBefore)
         if !plan.nft.isEmpty {
             // The kernel starts an element's timeout when it processes it, a little after this
-            // clock reading: the margin (1 ms + 5 µs per change) keeps every element expiring at
-            // or before its lease's deadline, never after.
-            let now = SystemClock.boot().adding(nanoseconds: 1_000_000 + 5_000 * UInt64(plan.nft.count))
+            // clock reading: the margin (1 ms + 5 µs per change, plus what slow transactions
+            // taught) keeps every element expiring at or before its lease's deadline, never after.
+            let start = SystemClock.boot()
+            let baseMargin = 1_000_000 + 5_000 * UInt64(plan.nft.count)
+            let margin = baseMargin + learnedMarginNs
+            let now = start.adding(nanoseconds: margin)
             let tx = NFTTransaction()
             for change in plan.nft {
                 switch change {
@@ -116,6 +125,18 @@ public final class KernelBackend: EnforcementBackend {
                 }
             }
             do { try commit(tx, "nftables transaction (\(plan.nft.count) changes)") } catch { throw error }
+            // Clock reading to ACK bounds how late the kernel started the timeouts.
+            let took = start.nanoseconds(until: SystemClock.boot())
+            if took > margin {
+                let needed = min(Self.maxLearnedMarginNs, took - baseMargin)
+                logger.warning("nftables transaction took longer than its timeout margin: its elements may expire after their leases' deadlines by up to the difference; widening the margin",
+                               metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)",
+                                          "new_margin_us": "\((baseMargin + max(learnedMarginNs, needed)) / 1000)"])
+                learnedMarginNs = max(learnedMarginNs, needed)
+            } else if learnedMarginNs > 0 && took * 4 < margin {
+                learnedMarginNs = learnedMarginNs * 7 / 8
+                if learnedMarginNs < 100_000 { learnedMarginNs = 0 }
+            }
         }
         flush(plan.flushMarksAfter)
         if !plan.flushUnsteered.isEmpty {

@@ -80,7 +80,13 @@ public final class ScriptLab: Sendable {
 
     /// `tc -s class show dev IF` parsed: classid -> sent packets.
     public func tcSentPackets(_ dev: String) -> [String: Int] {
-        let text = (try? exec("enforce", ["tc", "-s", "class", "show", "dev", dev])) ?? ""
+        // `ip netns exec` can fail transiently while other tests add and delete namespaces (it
+        // remounts /sys in a mount namespace of its own): retry a few times.
+        var text = ""
+        for attempt in 0..<5 {
+            if let t = try? exec("enforce", ["tc", "-s", "class", "show", "dev", dev]), t.contains("class ") { text = t; break }
+            Thread.sleep(forTimeInterval: 0.05 * Double(attempt + 1))
+        }
         var out: [String: Int] = [:]
         var current: String?
         for line in text.split(separator: "\n") {
