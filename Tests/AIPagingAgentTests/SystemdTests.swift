@@ -168,9 +168,11 @@ import Glibc
             while Date() < until { if let m = receiver.receive() { return m } }
             return nil
         }
-        let start = Date()
         let loop = runtime.loopGroup.next()
         let recording = Thread.detachNewThreadWithResult { () -> [(Double, String)] in
+            // Times count from when this thread runs (its start can be late on a loaded machine;
+            // pings sent meanwhile wait in the socket and are read first, at once).
+            let start = Date()
             var out: [(Double, String)] = []
             var hung = false
             while Date().timeIntervalSince(start) < 2.2 {

@@ -80,11 +80,13 @@ public final class ScriptLab: Sendable {
 
     /// `tc -s class show dev IF` parsed: classid -> sent packets.
     public func tcSentPackets(_ dev: String) -> [String: Int] {
-        // `ip netns exec` can fail transiently while other tests add and delete namespaces (it
-        // remounts /sys in a mount namespace of its own): retry a few times.
+        // `nsenter --net` only joins the network namespace (tc needs no /sys of it), so it avoids
+        // the mount-namespace setup of `ip netns exec`, which fails now and then while other tests
+        // add and delete namespaces.
         var text = ""
-        for attempt in 0..<5 {
-            if let t = try? exec("enforce", ["tc", "-s", "class", "show", "dev", dev]), t.contains("class ") { text = t; break }
+        for attempt in 0..<10 {
+            if let t = try? Shell.run(["nsenter", "--net=/run/netns/" + ns("enforce"), "tc", "-s", "class", "show", "dev", dev]),
+               t.contains("class ") { text = t; break }
             Thread.sleep(forTimeInterval: 0.05 * Double(attempt + 1))
         }
         var out: [String: Int] = [:]
