@@ -34,7 +34,12 @@ import Testing
             }
             return out.sorted { $0.0 < $1.0 }
         }
-        func destroy() { try? FileManager.default.removeItem(atPath: dir) }
+        func destroy() {
+            // The lab's teardown ends every process in its namespaces; this also covers a sink
+            // that outlived its namespace.
+            _ = try? Shell.run(["pkill", "-KILL", "-f", "udp-sink.py 7100 \(dir)/"])   // SIGKILL: test children inherit a blocked SIGTERM
+            try? FileManager.default.removeItem(atPath: dir)
+        }
     }
 
     func lease(_ id: String, proto: String, port: Int64, anchor: String, relocates: String? = nil, drainMs: Int64 = 1000) -> JSON {
