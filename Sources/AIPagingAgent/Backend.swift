@@ -65,4 +65,19 @@ public struct FlowCounters: Sendable, Equatable {
     public var replyPackets: UInt64 = 0
     public var replyBytes: UInt64 = 0
     public init() {}
+
+    /// Per lease mark, from one dump of the `qos` map (one element per mark and direction).
+    public static func byMark(_ elements: [NFTQoSElement]) -> [UInt32: FlowCounters] {
+        var out: [UInt32: FlowCounters] = [:]
+        for e in elements {
+            if e.direction == .original {
+                out[e.mark, default: FlowCounters()].originalPackets = e.packets
+                out[e.mark, default: FlowCounters()].originalBytes = e.bytes
+            } else {
+                out[e.mark, default: FlowCounters()].replyPackets = e.packets
+                out[e.mark, default: FlowCounters()].replyBytes = e.bytes
+            }
+        }
+        return out
+    }
 }

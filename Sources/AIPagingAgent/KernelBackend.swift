@@ -199,17 +199,7 @@ public final class KernelBackend: EnforcementBackend {
 
     public func counters() throws(EnforcementError) -> [UInt32: FlowCounters] {
         do {
-            var out: [UInt32: FlowCounters] = [:]
-            for e in try nft.listQoS() {
-                var c = out[e.mark] ?? FlowCounters()
-                if e.direction == .original {
-                    c.originalPackets = e.packets; c.originalBytes = e.bytes
-                } else {
-                    c.replyPackets = e.packets; c.replyBytes = e.bytes
-                }
-                out[e.mark] = c
-            }
-            return out
+            return FlowCounters.byMark(try nft.listQoS())
         } catch {
             throw Self.fail("reading qos counters", error)
         }

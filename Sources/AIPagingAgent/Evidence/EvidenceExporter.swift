@@ -578,16 +578,7 @@ final class ExporterLoop {
                 note("reading counters at \(name): \(error)")
                 continue
             }
-            var current: [UInt32: FlowCounters] = [:]
-            for e in elements {
-                var c = current[e.mark] ?? FlowCounters()
-                if e.direction == .original {
-                    c.originalPackets = e.packets; c.originalBytes = e.bytes
-                } else {
-                    c.replyPackets = e.packets; c.replyBytes = e.bytes
-                }
-                current[e.mark] = c
-            }
+            let current = FlowCounters.byMark(elements)
             for (mark, id) in marks {
                 guard let s = sessions[id], let c = current[mark] else { continue }
                 var d = FlowCounters()

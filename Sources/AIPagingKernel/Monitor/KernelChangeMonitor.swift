@@ -92,10 +92,17 @@ public final class KernelChangeMonitor: Sendable {
     public init(namespace: NetworkNamespace, ignoring ownPortIDs: Set<UInt32>, debounce: Duration = .milliseconds(50),
                 onChange: @escaping @Sendable (Report) -> Void) throws(KernelError) {
         self.namespace = namespace
-        let nftFD = try openNetlinkSocket(netlinkProtocol: NETLINK_NETFILTER, in: namespace, name: "NETLINK_NETFILTER monitor")
+        // The agent's own large transactions (a cold start reinstalls every lease) queue one
+        // notification per element at once; each costs ~1 kB of receive buffer (skb truesize).
+        // A deep queue keeps them from overrunning it while this thread drains (an overrun is
+        // reported as `lost` and costs a full resync); the memory is used only while queued.
+        let queue: Int32 = 32 << 20
+        let nftFD = try openNetlinkSocket(netlinkProtocol: NETLINK_NETFILTER, in: namespace, name: "NETLINK_NETFILTER monitor",
+                                          receiveBufferBytes: queue)
         let routeFD: Int32
         do {
-            routeFD = try openNetlinkSocket(netlinkProtocol: NETLINK_ROUTE, in: namespace, name: "NETLINK_ROUTE monitor")
+            routeFD = try openNetlinkSocket(netlinkProtocol: NETLINK_ROUTE, in: namespace, name: "NETLINK_ROUTE monitor",
+                                            receiveBufferBytes: queue)
         } catch {
             close(nftFD)
             throw error
@@ -108,16 +115,6 @@ public final class KernelChangeMonitor: Sendable {
                 close(routeFD)
                 throw KernelError("setsockopt(NETLINK_ADD_MEMBERSHIP, \(what))", errno: err,
                                   detail: "subscribing to kernel change notifications in \(namespace) needs CAP_NET_ADMIN")
-            }
-        }
-        // The agent's own large transactions (a cold start reinstalls every lease) queue one
-        // notification per element at once; each costs ~1 kB of receive buffer (skb truesize).
-        // A deep queue keeps them from overrunning it while this thread drains (an overrun is
-        // reported as `lost` and costs a full resync); the memory is used only while queued.
-        for fd in [nftFD, routeFD] {
-            var size: Int32 = 32 << 20
-            if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-                _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             }
         }
         try join(nftFD, UInt32(NFNLGRP_NFTABLES.rawValue), "NFNLGRP_NFTABLES")

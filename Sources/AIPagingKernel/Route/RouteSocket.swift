@@ -38,7 +38,8 @@ public final class RouteSocket: Sendable {
 
 /// Opens `socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, protocol)` on a thread inside `namespace`,
 /// binds it (kernel-assigned port id) and sets the options every agent socket uses.
-func openNetlinkSocket(netlinkProtocol: Int32, in namespace: NetworkNamespace, name: String) throws(KernelError) -> Int32 {
+func openNetlinkSocket(netlinkProtocol: Int32, in namespace: NetworkNamespace, name: String,
+                       receiveBufferBytes: Int32 = 4 << 20) throws(KernelError) -> Int32 {
     let fd: Int32
     do {
         fd = try withNetworkNamespace(namespace) { () throws -> Int32 in
@@ -72,7 +73,7 @@ func openNetlinkSocket(netlinkProtocol: Int32, in namespace: NetworkNamespace, n
     _ = setInt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
     _ = setInt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
     let bufferSize: Int32 = 4 << 20
-    if setInt(SOL_SOCKET, SO_RCVBUFFORCE, bufferSize) != 0 { _ = setInt(SOL_SOCKET, SO_RCVBUF, bufferSize) }
+    if setInt(SOL_SOCKET, SO_RCVBUFFORCE, receiveBufferBytes) != 0 { _ = setInt(SOL_SOCKET, SO_RCVBUF, receiveBufferBytes) }
     if setInt(SOL_SOCKET, SO_SNDBUFFORCE, bufferSize) != 0 { _ = setInt(SOL_SOCKET, SO_SNDBUF, bufferSize) }
     // A lost reply must not hang the agent forever.
     var timeout = timeval(tv_sec: 30, tv_usec: 0)
