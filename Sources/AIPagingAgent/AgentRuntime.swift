@@ -18,8 +18,10 @@ public final class AgentRuntime: Sendable {
     /// Where each enforcement point is measured (probes, counters).
     let evidencePoints: [EvidencePoint]
     let logger: Logger
-    /// The agent's thread: control server I/O, request handling and the lease service.
+    /// The lease service's thread (and, without `http_thread`, the control server's).
     let loopGroup: MultiThreadedEventLoopGroup
+    /// Runs tasks on the lease service's thread (the reconcile loop and watchdog pings).
+    let serviceExecutor: EventLoopTaskExecutor
 
     public init(config: AgentConfig, policy: Policy, points: [EnforcementPointConfig],
                 backends: sending [String: any EnforcementBackend], clock: any AgentClock = SystemClock(),
@@ -29,13 +31,15 @@ public final class AgentRuntime: Sendable {
         self.logger = logger
         let loopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.loopGroup = loopGroup
+        let serviceLoop = loopGroup.next()
+        serviceExecutor = EventLoopTaskExecutor(serviceLoop)
         // Points with a real kernel are measured in their namespace; others (the in-memory test
         // backend) get lifecycle records and windows without probes or counters.
         evidencePoints = points.map { p in
             EvidencePoint(name: p.name, namespace: backends[p.name] is KernelBackend ? (p.netns.map { .named($0) } ?? .current) : nil)
         }
         let service = LeaseService(points: points, backends: backends, policy: policy, clock: clock,
-                                   groupSize: config.groupSize, logger: logger, loop: loopGroup.next(), journal: journal)
+                                   groupSize: config.groupSize, logger: logger, loop: serviceLoop, journal: journal)
         self.service = service
         let evidence = EvidenceStore()
         self.evidence = evidence
@@ -46,7 +50,8 @@ public final class AgentRuntime: Sendable {
         limits.maxBatchBodyBytes = config.maxBatchBodyBytes
         limits.requestTimeout = .milliseconds(Int64(config.requestTimeoutMs))
         let api = ControlAPI(service: service, clock: clock, evidence: evidence, metrics: metrics)
-        self.server = ControlServer(api: api, limits: limits, group: loopGroup, logger: logger)
+        // With `http_thread` the server makes (and owns) a one-thread group of its own.
+        self.server = ControlServer(api: api, limits: limits, group: config.httpThread ? nil : loopGroup, logger: logger)
     }
 
     /// Reconciles the kernel, then serves on `socket` until the task is cancelled. On the way
@@ -95,7 +100,7 @@ public final class AgentRuntime: Sendable {
             timer?.stop()
             if let path = socket.path { unlink(path) }
         }
-        let service = self.service, server = self.server
+        let service = self.service, server = self.server, serviceExecutor = self.serviceExecutor
         let interval: Duration? = config.reconcileIntervalMs > 0 ? .milliseconds(config.reconcileIntervalMs) : nil
         let (served, servedCont) = AsyncStream<Void>.makeStream()
         do {
@@ -110,9 +115,9 @@ public final class AgentRuntime: Sendable {
                 if interval != nil || notifier.isEnabled {
                     // On the agent's event loop, like the lease service: the loop's ticks and
                     // pings depend on that thread alone, not on the cooperative pool.
-                    group.addTask(executorPreference: server.executor) {
+                    group.addTask(executorPreference: serviceExecutor) {
                         for await _ in served { break }
-                        try await Self.reconcileLoop(service: service, loop: server.executor.loop, interval: interval,
+                        try await Self.reconcileLoop(service: service, loop: serviceExecutor.loop, interval: interval,
                                                      notifier: notifier, watchdog: watchdog)
                     }
                 }

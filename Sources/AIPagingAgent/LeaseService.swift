@@ -1,5 +1,6 @@
 import AIPagingCore
 import AIPagingKernel
+import CAIPagingShim
 import Logging
 import NIOCore
 import NIOPosix
@@ -344,6 +345,7 @@ public actor LeaseService {
         pending = []
         stats.batches += 1
         let now = clock.now()
+        table.pruneTombstones(now: now.wall)
 
         var commits: [PendingCommit] = []
         var revokes: [(LeaseID, CheckedContinuation<Lease, any Error>, Lease)] = []
@@ -508,6 +510,8 @@ public actor LeaseService {
         }
         if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
+        // A burst (a large batch, many ends) leaves freed memory in malloc's arenas: return it.
+        if items.count >= 1024 { _ = aip_malloc_trim_rate_limited(1_000_000_000) }
     }
 
     func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {
@@ -800,8 +804,10 @@ extension LeaseService {
         let now = clock.now()
         var records: [JournalRecord] = points.keys.sorted().map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
         records += table.leases.values.map { .lease($0) }
-        for (id, g) in table.endedGenerations {
-            records.append(.ended(id: id, state: .expired, generation: g, at: now.wall, mark: 0, point: defaultPoint))
+        // Tombstones keep the instant their retention counts from (`at`), so compaction does
+        // not extend them.
+        for t in table.tombstones {
+            records.append(.ended(id: t.id, state: .expired, generation: t.generation, at: t.retainedFrom, mark: 0, point: defaultPoint))
         }
         do {
             try journal.compact(records, clock: now)

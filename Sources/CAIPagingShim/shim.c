@@ -9,6 +9,8 @@
 #include <linux/netlink.h>
 #include <sys/syscall.h>
 #include <sys/resource.h>
+#include <malloc.h>
+#include <stdatomic.h>
 
 int aip_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 int aip_unshare_net(void) { return unshare(CLONE_NEWNET); }
@@ -79,4 +81,20 @@ uint32_t aip_crc32(uint32_t crc, const void *data, size_t len) {
 int aip_thread_set_nice(int nice) {
     pid_t tid = (pid_t)syscall(SYS_gettid);
     return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : -errno;
+}
+
+/* Gives memory freed after a large burst (a batch of thousands of leases, a window's records)
+ * back to the kernel: glibc keeps freed chunks in its arenas, so without this the agent's RSS
+ * stays at its highest burst. At most once per `min_interval_ns` (boottime) process-wide; returns
+ * 1 if it trimmed. */
+int aip_malloc_trim_rate_limited(uint64_t min_interval_ns) {
+    static _Atomic uint64_t last = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint64_t prev = atomic_load(&last);
+    if (prev != 0 && now - prev < min_interval_ns) return 0;
+    if (!atomic_compare_exchange_strong(&last, &prev, now)) return 0;
+    malloc_trim(0);
+    return 1;
 }

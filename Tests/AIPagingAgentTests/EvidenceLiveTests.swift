@@ -248,7 +248,12 @@ import Testing
         let n = lines.count / 2
         let seqN = try #require(JSON.parse(lines[n])["seq"]?.int64Value)
         try tampered(dir, lines.enumerated().map { $0.offset == n ? $0.element.replacingOccurrences(of: "\"kind\":\"", with: "\"kind\": \"") : $0.element }) { out in
-            #expect(out.contains("FAILED") && out.contains("record \(seqN) was modified") && out.contains("segment-00000001.ndjson:\(n + 1)"), "\(out)")
+            // A signed record fails its own signature; an unsigned one (covered by the next
+            // signed record) breaks the link of the record after it.
+            let signed = lines[n].contains("\"sig\":\"")
+            let named = signed ? out.contains("record \(seqN) was modified") && out.contains("segment-00000001.ndjson:\(n + 1)")
+                : out.contains("record \(seqN) was replaced or edited") && out.contains("segment-00000001.ndjson:\(n + 2)")
+            #expect(out.contains("FAILED") && named, "\(out)")
         }
         try tampered(dir, lines.enumerated().filter { $0.offset != n }.map(\.element)) { out in
             #expect(out.contains("FAILED") && out.contains("record \(seqN) is missing between record \(seqN - 1) and record \(seqN + 1)"), "\(out)")

@@ -121,6 +121,39 @@ import Testing
         _ = try t.admit(Fixture.request(id: "a", generation: 4), context: Fixture.context())
     }
 
+    /// Tombstones (replay protection for ended lease ids) are kept for the retention after the
+    /// later of the end and the lease's expiry, then forgotten: the table does not grow with every
+    /// lease the agent ever ended. A journal replay keeps the instant the retention counts from.
+    @Test func tombstonesAreForgottenAfterTheirRetention() throws {
+        var t = LeaseTable()
+        t.tombstoneRetentionNs = 60_000_000_000
+        _ = try t.admit(Fixture.request(id: "a", ttlMs: 30_000, generation: 2), context: Fixture.context())
+        _ = try t.admit(Fixture.request(id: "b", client: "198.18.1.3", ttlMs: 30_000, generation: 1), context: Fixture.context())
+        var u = LeaseTable.Undo()
+        t.end("a", .revoked, at: Fixture.now, undo: &u)   // revoked 30 s before its expiry
+        t.end("b", .revoked, at: Fixture.now, undo: &u)
+        let expiry = Fixture.now.wall.adding(milliseconds: 30_000)
+        #expect(t.endedGenerations == ["a": 2, "b": 1])
+        // Retention counts from the expiry (the later instant): kept until expiry + 60 s.
+        #expect(t.pruneTombstones(now: expiry.adding(milliseconds: 59_999)) == 0)
+        #expect { try t.admit(Fixture.request(id: "a", generation: 2), context: Fixture.context()) } throws: {
+            ($0 as? LeaseError)?.cause == .replay
+        }
+        // A journal replay of a compaction keeps the same instant.
+        let records = t.tombstones.map { JournalRecord.ended(id: $0.id, state: .expired, generation: $0.generation, at: $0.retainedFrom, mark: 0, point: "ep") }
+        var (restored, _) = LeaseTable.replay(records, now: Fixture.now.boot, groupSize: 256)
+        restored.tombstoneRetentionNs = 60_000_000_000
+        #expect(t.pruneTombstones(now: expiry.adding(milliseconds: 60_000)) == 2)
+        #expect(t.endedGenerations.isEmpty)
+        #expect(restored.endedGenerations == ["a": 2, "b": 1])
+        #expect(restored.tombstones.allSatisfy { $0.retainedFrom == expiry })
+        // After the retention the id is free again (a ttl COMMIT under it is a new lease).
+        _ = try t.admit(Fixture.request(id: "a", generation: 1), context: Fixture.context())
+        // A re-ended lease keeps only its newest tombstone.
+        t.end("a", .revoked, at: Fixture.now, undo: &u)
+        #expect(t.tombstones.count == 1 && t.endedGenerations["a"] == 1)
+    }
+
     @Test func relocationRules() throws {
         let p = try catalogPolicy()
         var t = LeaseTable()

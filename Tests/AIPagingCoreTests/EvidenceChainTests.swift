@@ -8,7 +8,8 @@ import Testing
 @Suite struct EvidenceChainTests {
     let key = Curve25519.Signing.PrivateKey()
 
-    func chain(_ n: Int, tag: String = "a") throws -> [[UInt8]] {
+    /// `n` records; every `signEvery`-th and the last is signed (1: all, as in the tests below).
+    func chain(_ n: Int, tag: String = "a", signEvery: Int = 1) throws -> [[UInt8]] {
         var prev = EvidenceChain.genesisHash
         var lines: [[UInt8]] = []
         let kid = EvidenceChain.keyID(key.publicKey)
@@ -20,7 +21,8 @@ import Testing
                               monotonicNs: UInt64(i),
                               fields: JSON.Object(["probes": ["sent": .int(100), "received": .int(99)],
                                                    "note": .string("quote \" and \\ and ,\"sig\":\" inside")]))
-            let (line, h) = try EvidenceChain.seal(body: r.body, seq: UInt64(i), prev: prev, key: key, keyID: kid)
+            let signs = i == n || i % signEvery == 0
+            let (line, h) = try EvidenceChain.seal(body: r.body, seq: UInt64(i), prev: prev, key: signs ? key : nil, keyID: kid)
             lines.append(line)
             prev = h
         }
@@ -103,7 +105,40 @@ import Testing
         var noSig = try chain(2)
         let t = String(decoding: noSig[1], as: UTF8.self)
         noSig[1] = Array((String(t[..<t.range(of: ",\"sig\":\"")!.lowerBound]) + "}").utf8)
-        #expect(verify(noSig).first?.kind == .malformed)
+        #expect(verify(noSig).map(\.kind) == [.unsigned])
+    }
+
+    /// The writer signs the last record of each write: the hash links carry that signature back
+    /// over the unsigned records before it, so editing any of them is found, and records after
+    /// the last signature are reported as not covered.
+    @Test func oneSignatureCoversTheRecordsBeforeIt() throws {
+        let lines = try chain(12, signEvery: 5)
+        #expect(try lines.map { try EvidenceChain.parse(line: $0).isSigned } == (1...12).map { $0 % 5 == 0 || $0 == 12 })
+        #expect(verify(lines).isEmpty)
+
+        // An unsigned record edited: the next record's link no longer matches.
+        var edited = lines
+        edited[6] = Array(String(decoding: lines[6], as: UTF8.self).replacingFirst("\"received\":99", with: "\"received\":98").utf8)
+        #expect(verify(edited).map(\.kind) == [.brokenLink])
+        #expect(verify(edited).first?.seq == 8)
+
+        // Edited, with every later unsigned link recomputed: the signed record 10 then differs.
+        var relinked = edited
+        var prev = try EvidenceChain.parse(line: relinked[6]).hash
+        for i in 7...8 {
+            let p = try EvidenceChain.parse(line: relinked[i])
+            var body = p.object
+            for k in ["v", "seq", "prev", "kid"] { body[k] = nil }
+            (relinked[i], prev) = try EvidenceChain.seal(body: body, seq: p.seq, prev: prev, key: nil, keyID: p.keyID)
+        }
+        #expect(verify(relinked).map(\.kind) == [.brokenLink])
+        #expect(verify(relinked).first?.seq == 10)
+
+        // A tail without its signed record: not covered.
+        let cut = Array(lines.prefix(8))
+        let f = verify(cut)
+        #expect(f.map(\.kind) == [.unsigned])
+        #expect(f.first?.message.hasPrefix("records 6...8 are not covered by any signature") == true)
     }
 
     @Test func hexRoundTrip() {

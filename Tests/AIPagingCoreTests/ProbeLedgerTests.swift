@@ -55,7 +55,7 @@ import Testing
             let (p, t4) = reply(s, UInt32(i), sentAt: t)
             #expect(quick.receive(p, at: t4, currentWindow: 0) == .delay(ns: 2_000_000, window: 0))
         }
-        #expect(quick.ringSize == 16)
+        #expect(quick.ringSize == 4)
         #expect(quick.finalize(window: 0).received == 200)
 
         var slow = ProbeLedger(mode: .stateful, capacity: 1000)

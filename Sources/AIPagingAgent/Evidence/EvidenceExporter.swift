@@ -130,8 +130,32 @@ final class ExporterLoop {
     let timeoutNs: Int64
     let tickNs: Int64
 
+    /// What a session needs of its lease (a whole `Lease` is several times larger, and there is
+    /// one session per live lease).
+    struct LeaseFacts {
+        struct Request {
+            var anchor: Anchor
+            var qos: QoSBinding
+        }
+        var id: LeaseID
+        var aisi: AISI
+        var mark: UInt32
+        var deadline: BootInstant
+        var qosClass: QoSClassRef
+        var request: Request
+
+        init(_ l: Lease) {
+            id = l.id
+            aisi = l.aisi
+            mark = l.mark
+            deadline = l.deadline
+            qosClass = l.qosClass
+            request = Request(anchor: l.request.anchor, qos: l.request.qos)
+        }
+    }
+
     final class Session {
-        var lease: Lease
+        var lease: LeaseFacts
         let point: String
         let family: IPAddress.Family
         var ssid: UInt16 = 0
@@ -160,7 +184,7 @@ final class ExporterLoop {
         var preExpiryDone = false
 
         init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
-            self.lease = lease
+            self.lease = LeaseFacts(lease)
             self.point = point
             family = lease.request.anchor.address.family
             anchor = lease.request.anchor.address
@@ -206,7 +230,11 @@ final class ExporterLoop {
     /// Sessions that ended and wait for their last window's probe timeout.
     var ending: [Session] = []
     /// The earliest boot-clock instant at which some lease's pre-expiry counter read is due.
-    var nextPreExpiryBoot: UInt64 = .max
+    /// Counter reads just before deadlines: (deadline - 150 ms, lease), earliest first; entries
+    /// whose lease moved its deadline or ended are skipped when they surface.
+    var preExpiry = DeadlineQueue()
+    /// Live sessions per AISI (its metrics are released with the last one).
+    var sessionsPerAISI: [AISI: Int] = [:]
     /// Every probe socket.
     var groups: [ProbeGroup] = []
     /// (point, mark) -> lease id whose counters the mark's elements are.
@@ -347,7 +375,7 @@ final class ExporterLoop {
             // Renewal: new deadline, maybe new rates (the class stays); a delete+add of the qos
             // elements resets their counters, which the next read detects.
             if s.endNs == nil {
-                s.lease = lease
+                s.lease = LeaseFacts(lease)
                 s.priority = lease.qosClass.classid
                 s.preExpiryDone = false
                 schedulePreExpiry(lease)
@@ -371,18 +399,21 @@ final class ExporterLoop {
             wheel[s.bucket].append(s)
         }
         sessions[lease.id] = s
+        sessionsPerAISI[lease.aisi, default: 0] += 1
+        if s.ssid != 0 { probingCount += 1 }
         byMark[point, default: [:]][lease.mark] = lease.id
         schedulePreExpiry(lease)
     }
 
     func schedulePreExpiry(_ lease: Lease) {
-        nextPreExpiryBoot = min(nextPreExpiryBoot, lease.deadline.nanoseconds &- 150_000_000)
+        preExpiry.push(BootInstant(nanoseconds: lease.deadline.nanoseconds &- 150_000_000), lease.id)
     }
 
     func end(_ lease: Lease, _ kind: LifecycleEvent.Kind, at: Int64, now: Int64) {
         guard let s = sessions[lease.id], s.endNs == nil else { return }
         s.endNs = max(at, s.startNs)
         s.endKind = kind
+        if s.ssid != 0 { probingCount -= 1 }
         s.ledger.withdraw(sentAtOrAfter: s.endNs!)
         s.finalizeAtNs = now + timeoutNs
         ending.append(s)
@@ -419,7 +450,6 @@ final class ExporterLoop {
     var probeStride: Int64 = 1
 
     func updateProbeStride() {
-        probingCount = sessions.values.reduce(0) { $0 + ($1.ssid != 0 && $1.endNs == nil ? 1 : 0) }
         guard settings.probeIntervalMs > 0 else { return }
         var stride: Int64 = 1
         if settings.maxProbeRate > 0 {
@@ -557,14 +587,13 @@ final class ExporterLoop {
     /// Whether some lease's deadline is under 150 ms away: the kernel removes a lease's counters
     /// with its elements at the deadline, so they are read just before.
     func preExpiryDue() -> Bool {
-        let boot = aip_boottime_ns()
-        guard boot >= nextPreExpiryBoot else { return false }
-        nextPreExpiryBoot = .max
-        for s in sessions.values where s.endNs == nil && !s.preExpiryDone {
-            let at = s.lease.deadline.nanoseconds &- 150_000_000
-            if at <= boot { s.preExpiryDone = true } else { nextPreExpiryBoot = min(nextPreExpiryBoot, at) }
+        let boot = BootInstant(nanoseconds: aip_boottime_ns())
+        let due = preExpiry.popDue(at: boot) { at, id in
+            guard let s = sessions[id], s.endNs == nil, !s.preExpiryDone else { return false }
+            return s.lease.deadline.nanoseconds &- 150_000_000 == at.nanoseconds
         }
-        return true
+        for id in due { sessions[id]?.preExpiryDone = true }
+        return !due.isEmpty
     }
 
     /// One dump of the qos map per point; each live lease's delta goes to `window`.
@@ -632,6 +661,7 @@ final class ExporterLoop {
             owner.log.append(records)
             owner.stats.withLock { $0.windows += UInt64(records.count) }
         }
+        if records.count + done.count >= 1024 { _ = aip_malloc_trim_rate_limited(1_000_000_000) }
     }
 
     func finalRecords(_ s: Session, end: Int64) -> [EVIRecord] {
@@ -648,10 +678,13 @@ final class ExporterLoop {
 
     func remove(_ s: Session) {
         s.removed = true
+        if s.ssid != 0 && s.endNs == nil { probingCount -= 1 }
         releaseSSID(s)
         if byMark[s.point]?[s.lease.mark] == s.lease.id { byMark[s.point]?[s.lease.mark] = nil }
         sessions[s.lease.id] = nil
-        if !sessions.values.contains(where: { $0.lease.aisi == s.lease.aisi }) { owner.metrics?.releaseAISI(s.lease.aisi) }
+        let left = (sessionsPerAISI[s.lease.aisi] ?? 1) - 1
+        sessionsPerAISI[s.lease.aisi] = left > 0 ? left : nil
+        if left <= 0 { owner.metrics?.releaseAISI(s.lease.aisi) }
     }
 
     /// Every live lease's last window at stop; written before the log closes.

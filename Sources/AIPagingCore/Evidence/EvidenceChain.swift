@@ -1,14 +1,21 @@
 import Crypto
 
 /// The evidence log's tamper evidence: every record is one line of JSON that names its position
-/// (`seq`), carries the SHA-256 of the previous record's line (`prev`) and ends with an Ed25519
-/// signature (`sig`) by the agent's evidence key.
+/// (`seq`) and carries the SHA-256 of the previous record's line (`prev`); the last record of
+/// every write (at most 1 024 records) ends with an Ed25519 signature (`sig`) by the agent's
+/// evidence key.
 ///
-/// A line is `{"v":1,"seq":N,"prev":"<64 hex>","kid":"<16 hex>", ...record...,"sig":"<base64url>"}`.
-/// The signature covers the line's bytes without the `,"sig":"..."` member (that is, the same
-/// object closed right after its last other member); `prev` is the SHA-256 of the previous whole
-/// line (signature included, newline excluded). The first record's `prev` is 64 zeros. Records
-/// are verified byte for byte as written: nothing is re-serialized.
+/// A line is `{"v":1,"seq":N,"prev":"<64 hex>","kid":"<16 hex>", ...record...}`, and a signed
+/// one ends with `,"sig":"<base64url>"}`. The signature covers the line's bytes without the
+/// `,"sig":"..."` member (that is, the same object closed right after its last other member);
+/// `prev` is the SHA-256 of the previous whole line (signature included, newline excluded). The
+/// first record's `prev` is 64 zeros. Records are verified byte for byte as written: nothing is
+/// re-serialized.
+///
+/// Because each line's hash is in the next line, a signature covers its own record and, through
+/// the links, every record before it: a record without a signature is covered by the next signed
+/// one. Signing once per write instead of once per record keeps the log's cost low when
+/// thousands of leases end at once; the verifier reports records that no signature covers.
 public enum EvidenceChain {
     public static let version = 1
     public static let genesisHash = [UInt8](repeating: 0, count: 32)
@@ -21,7 +28,8 @@ public enum EvidenceChain {
 
     /// Makes the line (without newline) of record `seq` with `body` after `prev`, signed with `key`.
     /// `body`'s own members follow `v`, `seq`, `prev` and `kid`; it must not contain those or `sig`.
-    public static func seal(body: JSON.Object, seq: UInt64, prev: [UInt8], key: Curve25519.Signing.PrivateKey,
+    /// With `key` nil the record is not signed (a later signed record covers it).
+    public static func seal(body: JSON.Object, seq: UInt64, prev: [UInt8], key: Curve25519.Signing.PrivateKey?,
                             keyID: String) throws -> (line: [UInt8], hash: [UInt8]) {
         var o = JSON.Object()
         o["v"] = .int(version)
@@ -33,6 +41,7 @@ public enum EvidenceChain {
         text.reserveCapacity(1024)
         JSON.object(o).write(into: &text)
         var signed = Array(text.utf8)
+        guard let key else { return (signed, Array(SHA256.hash(data: signed))) }
         let sig = try key.signature(for: signed)
         signed.removeLast()   // the closing brace
         signed += sigMarker
@@ -49,12 +58,15 @@ public enum EvidenceChain {
         public var object: JSON.Object
         /// SHA-256 of the whole line.
         public var hash: [UInt8]
-        /// The bytes the signature covers and the signature.
+        /// The bytes the signature covers and the signature (nil: an unsigned record).
         var signedBytes: [UInt8]
-        var signature: [UInt8]
+        var signature: [UInt8]?
+
+        public var isSigned: Bool { signature != nil }
 
         public func signatureIsValid(_ key: Curve25519.Signing.PublicKey) -> Bool {
-            key.isValidSignature(signature, for: signedBytes)
+            guard let signature else { return false }
+            return key.isValidSignature(signature, for: signedBytes)
         }
     }
 
@@ -67,7 +79,7 @@ public enum EvidenceChain {
             switch self {
             case .notJSON(let why): return "not a JSON record (\(why))"
             case .missingField(let f): return "no valid \"\(f)\" field"
-            case .noSignature: return "no \"sig\" member at the end of the line"
+            case .noSignature: return "a \"sig\" member that is not a signature at the end of the line"
             }
         }
     }
@@ -83,15 +95,20 @@ public enum EvidenceChain {
         } catch {
             throw error as! ParseFailure
         }
-        guard object.keys.last == "sig", let sigText = object["sig"]?.stringValue, let sig = Base64URL.decode(sigText),
-              let start = lastIndex(of: sigMarker, in: line) else { throw .noSignature }
+        var signature: [UInt8]?
+        var signed = line
+        if object["sig"] != nil {
+            guard object.keys.last == "sig", let sigText = object["sig"]?.stringValue, let sig = Base64URL.decode(sigText),
+                  let start = lastIndex(of: sigMarker, in: line) else { throw .noSignature }
+            signature = sig
+            signed = Array(line[..<start])
+            signed.append(UInt8(ascii: "}"))
+        }
         guard let seq = object["seq"]?.int64Value, seq >= 0 else { throw .missingField("seq") }
         guard let prevHex = object["prev"]?.stringValue, let prev = unhex(prevHex), prev.count == 32 else { throw .missingField("prev") }
         let kid = object["kid"]?.stringValue ?? ""
-        var signed = Array(line[..<start])
-        signed.append(UInt8(ascii: "}"))
         return Parsed(seq: UInt64(seq), prev: prev, keyID: kid, object: object, hash: Array(SHA256.hash(data: line)),
-                      signedBytes: signed, signature: sig)
+                      signedBytes: signed, signature: signature)
     }
 
     /// A problem found while verifying a chain, with where it is.
@@ -111,6 +128,8 @@ public enum EvidenceChain {
             case truncated
             /// Signed by a key other than the one given.
             case unknownKey = "unknown_key"
+            /// Records at the end that no signature covers (no signed record follows them).
+            case unsigned
         }
         public var kind: Kind
         /// Sequence number of the record concerned (nil for a malformed line).
@@ -142,6 +161,8 @@ public enum EvidenceChain {
         public private(set) var lastHash: [UInt8]?
         var lastLocation = ""
         var previousBadSignature = false
+        /// Unsigned records since the last signed one: the first one's seq and location, and how many.
+        var uncovered: (seq: UInt64, location: String, count: Int)?
         /// With `startSeq`/`startHash` the chain may begin after genesis (a verified prefix).
         public init(key: Curve25519.Signing.PublicKey, startSeq: UInt64? = nil, startHash: [UInt8]? = nil) {
             self.key = key
@@ -156,13 +177,19 @@ public enum EvidenceChain {
                 p = try EvidenceChain.parse(line: line)
             } catch {
                 findings.append(Finding(kind: .malformed, seq: nil, location: location,
-                                        message: "line is not an intact signed record: \(error)"))
+                                        message: "line is not an intact record: \(error)"))
                 // The next record's link is checked against the last intact one.
                 return
             }
             records += 1
-            let sigOK = p.keyID == keyID ? p.signatureIsValid(key) : false
-            if p.keyID != keyID {
+            let sigOK = !p.isSigned || (p.keyID == keyID && p.signatureIsValid(key))
+            if !p.isSigned {
+                if uncovered == nil { uncovered = (p.seq, location, 0) }
+                uncovered!.count += 1
+            } else {
+                uncovered = nil
+            }
+            if p.isSigned && p.keyID != keyID {
                 findings.append(Finding(kind: .unknownKey, seq: p.seq, location: location,
                                         message: "record \(p.seq) is signed by key \(p.keyID), not by \(keyID)"))
             } else if !sigOK {
@@ -199,6 +226,12 @@ public enum EvidenceChain {
 
         /// Checks the end of the chain against the head the agent recorded (`headSeq`), if known.
         public mutating func finish(headSeq: UInt64?, headHash: [UInt8]?) {
+            if let u = uncovered {
+                let what = u.count == 1 ? "record \(u.seq) is" : "records \(u.seq)...\(u.seq + UInt64(u.count) - 1) are"
+                findings.append(Finding(kind: .unsigned, seq: u.seq, location: u.location,
+                                        message: "\(what) not covered by any signature (no signed record follows): the end of the log was altered or cut"))
+                uncovered = nil
+            }
             guard let headSeq else { return }
             let last = lastSeq ?? 0
             if last < headSeq {

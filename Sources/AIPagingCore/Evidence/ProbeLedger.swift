@@ -26,10 +26,11 @@ public struct ProbeLedger: Sendable {
 
     enum State: UInt8, Sendable { case pending, received, lostForward, lostBackward, lostUnknown }
 
+    /// (Fields ordered widest first: 24 bytes a slot instead of 32.)
     struct Entry: Sendable {
-        var seq: UInt32 = 0
         var sentNs: Int64 = 0
         var window: Int64 = -1
+        var seq: UInt32 = 0
         var state: State = .pending
         var valid = false
     }
@@ -104,13 +105,15 @@ public struct ProbeLedger: Sendable {
     }
 
     /// `capacity` bounds how many probes can await an answer; it is rounded up to a power of two.
-    /// The ring starts at 16 entries (or `capacity`, if smaller) and grows on demand.
+    /// The ring starts at 4 entries (or `capacity`, if smaller: a lease that is not probed gets
+    /// one) and grows on demand: replies come back within milliseconds, so a probe rarely waits
+    /// for an answer while more than a few others are sent.
     public init(mode: ReflectorMode, capacity: Int) {
         self.mode = mode
-        var c = 64
+        var c = 1
         while c < capacity { c <<= 1 }
-        maxCapacity = c
-        let start = min(16, c)
+        maxCapacity = max(c, 64)
+        let start = min(4, c)
         ring = [Entry](repeating: Entry(), count: start)
         mask = start - 1
     }
@@ -142,7 +145,7 @@ public struct ProbeLedger: Sendable {
             // Overwritten before its fate was known: lost, direction unknown.
             resolve(i, .lostUnknown)
         }
-        ring[i] = Entry(seq: seq, sentNs: t1, window: window, state: .pending, valid: true)
+        ring[i] = Entry(sentNs: t1, window: window, seq: seq, state: .pending, valid: true)
         open[openSlot(window)].stats.sent += 1
         return seq
     }

@@ -113,7 +113,7 @@ extension LeaseTable {
     public static func replay(_ records: [JournalRecord], now: BootInstant, groupSize: Int) -> (LeaseTable, dropped: [Lease]) {
         var latest: [LeaseID: Lease] = [:]
         var order: [LeaseID] = []
-        var ended: [LeaseID: UInt64] = [:]
+        var ended: [LeaseID: (UInt64, WallTime)] = [:]
         var maxSlot: [String: UInt32] = [:]
         func seeMark(_ point: String, _ mark: UInt32) {
             let slot = mark & Layout.maxSlot
@@ -125,9 +125,12 @@ extension LeaseTable {
                 if latest.updateValue(l, forKey: l.id) == nil { order.append(l.id) }
                 ended[l.id] = nil
                 seeMark(l.enforcementPoint, l.mark)
-            case .ended(let id, _, let g, _, let mark, let point):
+            case .ended(let id, _, let g, let at, let mark, let point):
+                // Retention counts from the later of the end and the lease's expiry.
+                var from = at
+                if let l = latest[id], at < l.expiresAt { from = l.expiresAt }
+                if let (pg, pf) = ended[id], pg > g || (pg == g && from < pf) { ended[id] = (pg, pf) } else { ended[id] = (g, from) }
                 latest[id] = nil
-                ended[id] = max(ended[id] ?? 0, g)
                 if mark != 0 { seeMark(point, mark) }
             case .cursor(let point, let next):
                 maxSlot[point] = max(maxSlot[point] ?? 0, next > 0 ? next - 1 : 0)
@@ -135,13 +138,15 @@ extension LeaseTable {
         }
         var table = LeaseTable(groupSize: groupSize)
         var dropped: [Lease] = []
-        for (id, g) in ended { table.endedGenerations[id] = g }
+        for (id, (g, from)) in ended { table.remember(id, generation: g, retainedFrom: from) }
         for id in order {
             guard let l = latest[id] else { continue }
             if l.nextDeadline <= now {
                 // Over while the agent was down (a drain that ended released the lease).
                 dropped.append(l)
-                table.endedGenerations[id] = max(table.endedGenerations[id] ?? 0, l.request.generation)
+                if (table.endedGenerations[id] ?? 0) < l.request.generation {
+                    table.remember(id, generation: l.request.generation, retainedFrom: l.expiresAt)
+                }
                 continue
             }
             var live = l

@@ -21,8 +21,16 @@ public enum Layout {
 /// install is undone (`Undo`).
 public struct LeaseTable: Sendable {
     public private(set) var leases: [LeaseID: Lease] = [:]
-    /// Highest generation seen for an ended lease id (replay protection).
+    /// Highest generation seen for an ended lease id (replay protection): a tombstone. It is kept
+    /// for `tombstoneRetentionNs` after the later of the lease's end and its expiry, then
+    /// forgotten (`pruneTombstones`), so a long-running agent does not grow with every lease it
+    /// ever ended. Within that time a resent COMMIT of the ended lease is refused as a replay;
+    /// after it, a COMMIT with an absolute `expires_at` is refused as expired anyway.
     public internal(set) var endedGenerations: [LeaseID: UInt64] = [:]
+    public var tombstoneRetentionNs: Int64 = 3_600 * 1_000_000_000
+    /// (retained from, wall ns; generation; lease id), earliest first. Entries whose tombstone was
+    /// replaced by a later generation or restored away are skipped when they surface.
+    private var tombstoneHeap: [(Int64, UInt64, LeaseID)] = []
     /// Relocation instants per AISI (sliding window for the rate limit).
     public private(set) var relocationLog: [AISI: [BootInstant]] = [:]
     public private(set) var points: [String: PointIndex] = [:]
@@ -95,12 +103,72 @@ public struct LeaseTable: Sendable {
     mutating func rememberEnded(_ lease: Lease) {
         let g = lease.request.generation
         if let prev = endedGenerations[lease.id], prev >= g { return }
-        endedGenerations[lease.id] = g
+        let from = max(lease.expiresAt.nanosecondsSinceEpoch, lease.endedAt?.wall.nanosecondsSinceEpoch ?? 0)
+        remember(lease.id, generation: g, retainedFrom: WallTime(nanosecondsSinceEpoch: from))
     }
 
-    /// Forgets tombstones older than needed (called with the ids to drop, e.g. by age).
-    public mutating func forgetEnded(_ ids: some Sequence<LeaseID>) {
-        for id in ids { endedGenerations[id] = nil }
+    /// Records a tombstone whose retention counts from `from` (journal replay, compaction).
+    public mutating func remember(_ id: LeaseID, generation g: UInt64, retainedFrom from: WallTime) {
+        endedGenerations[id] = g
+        pushTombstone(from.nanosecondsSinceEpoch, g, id)
+    }
+
+    /// Forgets tombstones whose retention is over at `now`; returns how many.
+    @discardableResult
+    public mutating func pruneTombstones(now: WallTime) -> Int {
+        var n = 0
+        while let top = tombstoneHeap.first, top.0 &+ tombstoneRetentionNs <= now.nanosecondsSinceEpoch {
+            popTombstone()
+            if endedGenerations[top.2] == top.1 {
+                endedGenerations[top.2] = nil
+                n += 1
+            }
+        }
+        if tombstoneHeap.count > 64 && tombstoneHeap.count > 2 * endedGenerations.count { rebuildTombstoneHeap() }
+        return n
+    }
+
+    /// Every tombstone with the instant its retention counts from (for journal compaction).
+    public var tombstones: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] {
+        var seen = Set<LeaseID>()
+        var out: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] = []
+        for (at, g, id) in tombstoneHeap.sorted(by: { $0.0 > $1.0 }) where endedGenerations[id] == g && seen.insert(id).inserted {
+            out.append((id, g, WallTime(nanosecondsSinceEpoch: at)))
+        }
+        return out
+    }
+
+    private mutating func rebuildTombstoneHeap() {
+        let live = tombstoneHeap.filter { endedGenerations[$0.2] == $0.1 }
+        tombstoneHeap = []
+        for (at, g, id) in live { pushTombstone(at, g, id) }
+    }
+
+    private mutating func pushTombstone(_ at: Int64, _ g: UInt64, _ id: LeaseID) {
+        tombstoneHeap.append((at, g, id))
+        var i = tombstoneHeap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if tombstoneHeap[parent].0 <= tombstoneHeap[i].0 { break }
+            tombstoneHeap.swapAt(parent, i)
+            i = parent
+        }
+    }
+
+    private mutating func popTombstone() {
+        let last = tombstoneHeap.removeLast()
+        guard !tombstoneHeap.isEmpty else { return }
+        tombstoneHeap[0] = last
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < tombstoneHeap.count && tombstoneHeap[l].0 < tombstoneHeap[m].0 { m = l }
+            if r < tombstoneHeap.count && tombstoneHeap[r].0 < tombstoneHeap[m].0 { m = r }
+            if m == i { break }
+            tombstoneHeap.swapAt(i, m)
+            i = m
+        }
     }
 
     public mutating func restoreEndedGeneration(_ id: LeaseID, _ generation: UInt64?) {

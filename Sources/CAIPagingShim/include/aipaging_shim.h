@@ -142,5 +142,6 @@ void aip_eventfd_drain(int fd);
 /// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread). For background
 /// work (evidence) that must never delay the lease service on a small machine. 0 or -errno.
 int aip_thread_set_nice(int nice);
+int aip_malloc_trim_rate_limited(uint64_t min_interval_ns);
 
 #endif
