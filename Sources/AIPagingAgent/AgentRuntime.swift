@@ -1,4 +1,5 @@
 import AIPagingCore
+import CAIPagingShim
 import Logging
 import NIOCore
 import NIOPosix
@@ -258,4 +259,12 @@ extension LeaseService {
         }
         if work { scheduleFlush() }
     }
+}
+
+/// Process-wide settings the agent binary applies first thing.
+public enum ProcessTuning {
+    /// malloc for a long-running process with bursty large allocations: a fixed mmap threshold
+    /// (transient arrays of a burst go back to the kernel when freed instead of fragmenting the
+    /// heap) and at most two arenas. See `aip_malloc_tune`.
+    public static func tuneMalloc() { aip_malloc_tune() }
 }

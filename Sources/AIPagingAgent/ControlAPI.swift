@@ -1,4 +1,5 @@
 import AIPagingCore
+import CAIPagingShim
 
 /// The credentials of the process on the other end of the control socket (SO_PEERCRED).
 public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
@@ -443,11 +444,24 @@ public struct ControlAPI: Sendable {
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
                         "expiry_lateness": snapshot.stats.expiryLateness.summary]
         o["evidence"] = evidenceStatus()
+        o["memory"] = Self.memoryStatus()
         return .json(200, .object(o))
     }
 }
 
 extension ControlAPI {
+    /// Resident set (from /proc) and malloc's view: bytes in use and bytes free inside its arenas
+    /// (freed but not returned to the kernel), for operators sizing a node.
+    static func memoryStatus() -> JSON {
+        var inUse: UInt64 = 0, free: UInt64 = 0, mmapped: UInt64 = 0, rss: UInt64 = 0
+        aip_malloc_usage(&inUse, &free, &mmapped, &rss)
+        var o = JSON.Object()
+        o["rss_bytes"] = .int(rss)
+        o["heap_in_use_bytes"] = .int(inUse)
+        o["heap_free_bytes"] = .int(free)
+        return .object(o)
+    }
+
     /// `/v1/status`'s `evidence` member: the key, the log's head and the measurement figures.
     func evidenceStatus() -> JSON {
         guard case .object(var o) = evidence.keyInfo else { return .null }

@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <malloc.h>
+#include <stdio.h>
 #include <stdatomic.h>
 
 int aip_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
@@ -97,4 +98,30 @@ int aip_malloc_trim_rate_limited(uint64_t min_interval_ns) {
     if (!atomic_compare_exchange_strong(&last, &prev, now)) return 0;
     malloc_trim(0);
     return 1;
+}
+
+/* The process's memory as malloc sees it: bytes in use, bytes free inside malloc's arenas (kept
+ * from the kernel: fragmentation), bytes in mmapped chunks. */
+void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped, uint64_t *rss) {
+    struct mallinfo2 m = mallinfo2();
+    *rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        unsigned long size = 0, resident = 0;
+        if (fscanf(f, "%lu %lu", &size, &resident) == 2) *rss = (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+        fclose(f);
+    }
+    *in_use = (uint64_t)m.uordblks + (uint64_t)m.hblkhd;
+    *free_bytes = (uint64_t)m.fordblks;
+    *mmapped = (uint64_t)m.hblkhd;
+}
+
+/* malloc settings for a long-running agent whose bursts (a batch of thousands of leases, a
+ * netlink dump, a window's records) allocate large transient arrays: a fixed mmap threshold keeps
+ * them out of the heap (glibc otherwise raises the threshold after each freed burst, after which
+ * bursts land in the heap and fragment it), and two arenas bound per-thread fragmentation. */
+void aip_malloc_tune(void) {
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024);
+    mallopt(M_ARENA_MAX, 2);
 }

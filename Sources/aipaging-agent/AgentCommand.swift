@@ -36,6 +36,7 @@ struct AgentCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        ProcessTuning.tuneMalloc()
         var cfg = AgentConfig()
         if let path = config {
             do {

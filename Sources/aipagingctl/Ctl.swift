@@ -401,7 +401,7 @@ struct EvidenceVerify: ParsableCommand {
                                            "first_seq": firstSeq.map { .int($0) } ?? .null, "last_seq": lastSeq.map { .int($0) } ?? .null,
                                            "findings": .array(findings.map(\.json))])).serialized())
         } else if findings.isEmpty {
-            print("OK: \(records) records, seq \(firstSeq ?? 0)...\(lastSeq ?? 0), every signature valid (key \(keyID)), chain unbroken")
+            print("OK: \(records) records, seq \(firstSeq ?? 0)...\(lastSeq ?? 0), every signature valid and every record covered by one (key \(keyID)), chain unbroken")
         } else {
             print("FAILED: \(findings.count) problem\(findings.count == 1 ? "" : "s") in \(records) records (key \(keyID))")
             for f in findings { print("  \(f.location): \(f.kind.rawValue): \(f.message)") }

@@ -203,6 +203,8 @@ final class ExporterLoop {
         /// Probing sessions by SSID (allocated densely from 1, so an array).
         var bySSID: [Session?] = [nil]
         var freeSSIDs: [UInt16] = []
+        /// Leases refused a session because all 65 535 ids were taken.
+        var unprobed = 0
         /// This tick's probes and, for each, its session and sequence number.
         var items: [UDPBatchSocket.Outgoing] = []
         var owners: [(Session, UInt32)] = []
@@ -427,7 +429,12 @@ final class ExporterLoop {
     func allocateSSID(_ g: ProbeGroup) -> UInt16? {
         if let s = g.freeSSIDs.popLast() { return s }
         guard g.bySSID.count <= 0xFFFF else {
-            note("more than 65535 probe sessions on one socket at \(g.point): further leases are not probed")
+            // STAMP session ids are 16 bits: past 65 535 probing leases on one socket, further ones
+            // get counters and records but no probes (said once, then every 10 000 leases).
+            g.unprobed += 1
+            if g.unprobed == 1 || g.unprobed % 10_000 == 0 {
+                note("more than 65535 probe sessions on one socket at \(g.point): further leases are not probed (\(g.unprobed) so far)")
+            }
             return nil
         }
         g.bySSID.append(nil)

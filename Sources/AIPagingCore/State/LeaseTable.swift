@@ -39,7 +39,7 @@ public struct LeaseTable: Sendable {
     /// Per enforcement point indexes.
     public struct PointIndex: Sendable {
         /// Live leases per classifier (at most one owns the steering; others are draining).
-        public internal(set) var byClassifier: [Classifier: Set<LeaseID>] = [:]
+        public internal(set) var byClassifier: [Classifier: LeaseIDs] = [:]
         public internal(set) var byMark: [UInt32: LeaseID] = [:]
         public internal(set) var byClass: [QoSClassRef: LeaseID] = [:]
         public internal(set) var groups: [GroupRef: GroupInfo] = [:]
@@ -50,6 +50,29 @@ public struct LeaseTable: Sendable {
         /// Sum of guaranteed rates of leases that own steering (admitted/active), kbit/s.
         public internal(set) var guaranteedKbit: UInt64 = 0
         var nextSlot: UInt32 = 1
+    }
+
+    /// The leases of one classifier: almost always one (a second only while a relocation drains),
+    /// so the first is stored inline and only further ones take an allocation.
+    public struct LeaseIDs: Sendable, Equatable, Sequence {
+        public private(set) var first: LeaseID
+        var rest: [LeaseID] = []
+        init(_ id: LeaseID) { first = id }
+        public var count: Int { 1 + rest.count }
+        public func makeIterator() -> IndexingIterator<[LeaseID]> { ([first] + rest).makeIterator() }
+        mutating func insert(_ id: LeaseID) {
+            if id != first && !rest.contains(id) { rest.append(id) }
+        }
+        /// Removes `id`; false when none is left.
+        mutating func remove(_ id: LeaseID) -> Bool {
+            if id == first {
+                guard !rest.isEmpty else { return false }
+                first = rest.removeFirst()
+            } else {
+                rest.removeAll { $0 == id }
+            }
+            return true
+        }
     }
 
     public struct GroupInfo: Sendable, Equatable {
@@ -76,7 +99,8 @@ public struct LeaseTable: Sendable {
     /// The live lease that owns the steering of `classifier` at `point`, if any.
     public func steeringOwner(point: String, classifier: Classifier) -> Lease? {
         guard let ids = points[point]?.byClassifier[classifier] else { return nil }
-        for id in ids { if let l = leases[id], l.ownsSteering { return l } }
+        if let l = leases[ids.first], l.ownsSteering { return l }
+        for id in ids.rest { if let l = leases[id], l.ownsSteering { return l } }
         return nil
     }
 
@@ -184,17 +208,22 @@ public struct LeaseTable: Sendable {
     private mutating func index(_ l: Lease) {
         let size = groupSize
         withPoint(l.enforcementPoint) { p in
-            p.byClassifier[l.classifier, default: []].insert(l.id)
+            if p.byClassifier[l.classifier] == nil {
+                p.byClassifier[l.classifier] = LeaseIDs(l.id)
+            } else {
+                p.byClassifier[l.classifier]!.insert(l.id)
+            }
             p.byMark[l.mark] = l.id
             p.byClass[l.qosClass] = l.id
             let g = l.qosClass.group
-            var info = p.groups[g] ?? GroupInfo(priority: l.request.qos.priority)
-            info.members[l.qosClass.minor] = l.id
-            info.rateKbit += l.request.qos.rateKbit
-            p.groups[g] = info
+            // In place (a copy of the group written back would copy its member dictionary).
+            if p.groups[g] == nil { p.groups[g] = GroupInfo(priority: l.request.qos.priority) }
+            p.groups[g]!.members[l.qosClass.minor] = l.id
+            p.groups[g]!.rateKbit += l.request.qos.rateKbit
+            let members = p.groups[g]!.members.count, priority = p.groups[g]!.priority
             p.majorsInUse[g.interface, default: []].insert(g.major)
-            let key = InterfacePriority(interface: g.interface, priority: info.priority)
-            if info.members.count >= size {
+            let key = InterfacePriority(interface: g.interface, priority: priority)
+            if members >= size {
                 p.openGroups[key]?.remove(g.major)
             } else {
                 p.openGroups[key, default: []].insert(g.major)
@@ -207,22 +236,20 @@ public struct LeaseTable: Sendable {
     private mutating func unindex(_ l: Lease) {
         guard points[l.enforcementPoint] != nil else { return }
         withPoint(l.enforcementPoint) { p in
-            p.byClassifier[l.classifier]?.remove(l.id)
-            if p.byClassifier[l.classifier]?.isEmpty == true { p.byClassifier[l.classifier] = nil }
+            if p.byClassifier[l.classifier]?.remove(l.id) == false { p.byClassifier[l.classifier] = nil }
             if p.byMark[l.mark] == l.id { p.byMark[l.mark] = nil }
             if p.byClass[l.qosClass] == l.id { p.byClass[l.qosClass] = nil }
             let g = l.qosClass.group
-            if var info = p.groups[g] {
-                info.members[l.qosClass.minor] = nil
-                info.rateKbit -= min(info.rateKbit, l.request.qos.rateKbit)
-                let key = InterfacePriority(interface: g.interface, priority: info.priority)
-                if info.members.isEmpty {
+            if p.groups[g] != nil {
+                p.groups[g]!.members[l.qosClass.minor] = nil
+                p.groups[g]!.rateKbit -= min(p.groups[g]!.rateKbit, l.request.qos.rateKbit)
+                let key = InterfacePriority(interface: g.interface, priority: p.groups[g]!.priority)
+                if p.groups[g]!.members.isEmpty {
                     p.groups[g] = nil
                     p.openGroups[key]?.remove(g.major)
                     if p.openGroups[key]?.isEmpty == true { p.openGroups[key] = nil }
                     p.majorsInUse[g.interface]?.remove(g.major)
                 } else {
-                    p.groups[g] = info
                     p.openGroups[key, default: []].insert(g.major)
                 }
             }
