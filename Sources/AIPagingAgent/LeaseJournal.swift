@@ -105,8 +105,11 @@ public final class LeaseJournal {
         return out
     }
 
-    /// Appends the records and makes them durable (one write, one fdatasync).
-    public func append(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
+    /// Appends the records and makes them durable (one write, one fdatasync). With `durable`
+    /// false the fdatasync is left to the next durable append (whose fdatasync covers these bytes
+    /// too): for records whose loss in a crash changes nothing, such as the end of a lease at its
+    /// deadline, which the replay after a crash finds over anyway.
+    public func append(_ records: [JournalRecord], clock: ClockReading, durable: Bool = true) throws(JournalError) {
         let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
         var written = 0
         while written < bytes.count {
@@ -120,7 +123,7 @@ public final class LeaseJournal {
             }
             written += n
         }
-        guard fdatasync(fd) == 0 else {
+        guard !durable || fdatasync(fd) == 0 else {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))")
         }
         sizeBytes += bytes.count

@@ -470,7 +470,11 @@ public actor LeaseService {
             for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
             if !records.isEmpty {
                 do {
-                    try journal.append(records, clock: applyDone)
+                    // Admissions and revokes are answered, so they must be durable first. Ends at
+                    // a deadline (expiry, drain end) answer nobody, and a replay after a crash
+                    // finds those leases over anyway: no fdatasync for them, which would otherwise
+                    // hold up the next batch (the next expiry among them) on this thread.
+                    try journal.append(records, clock: applyDone, durable: !installed.isEmpty || !revokes.isEmpty)
                 } catch {
                     // Not durable, so not acknowledged: undo the admissions (kernel included).
                     logger.critical("lease journal write failed; refusing the batch's admissions", metadata: ["error": "\(error)"])
