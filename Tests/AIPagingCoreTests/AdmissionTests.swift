@@ -209,6 +209,27 @@ import Testing
         _ = try t.admit(Fixture.request(id: "l3", aisi: "s", anchorID: "cloud-1", anchor: "198.18.3.2", relocates: prev), context: Fixture.context(now: later, policy: p))
     }
 
+    /// The dense lease store: slots are reused, equality ignores where leases sit, removing the
+    /// last lease empties it.
+    @Test func leaseStoreReusesSlots() throws {
+        var t = LeaseTable()
+        for i in 0..<5 { _ = try t.admit(Fixture.request(id: "s\(i)", client: "198.18.1.\(i + 10)"), context: Fixture.context()) }
+        var store = t.leases
+        let l2 = try #require(store["s2"])
+        store["s2"] = nil
+        #expect(store.count == 4 && store["s2"] == nil)
+        var other = store
+        store["s2"] = l2                     // back into the freed slot
+        #expect(store == t.leases)
+        other["s9"] = l2                      // same lease under another id: not equal
+        #expect(other != t.leases)
+        #expect(Set(store.values.map(\.id)) == ["s0", "s1", "s2", "s3", "s4"])
+        for i in 0..<5 { store.removeValue(forKey: "s\(i)") }
+        #expect(store.isEmpty && Array(store.values).isEmpty)
+        store["s3"] = l2
+        #expect(store.count == 1 && store["s3"]?.id == "s2")
+    }
+
     @Test func failedAdmissionChangesNothing() throws {
         var t = LeaseTable()
         _ = try t.admit(Fixture.request(id: "a"), context: Fixture.context())

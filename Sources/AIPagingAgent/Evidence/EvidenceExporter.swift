@@ -130,6 +130,13 @@ final class ExporterLoop {
     let timeoutNs: Int64
     let tickNs: Int64
 
+    struct WindowCounters {
+        var window: Int64
+        var delta = FlowCounters()
+        var asOf: Int64 = 0
+        var reset = false
+    }
+
     /// What a session needs of its lease (a whole `Lease` is several times larger, and there is
     /// one session per live lease).
     struct LeaseFacts {
@@ -178,10 +185,22 @@ final class ExporterLoop {
         /// Counters as last read (cumulative kernel values) and per-window deltas.
         var last = FlowCounters()
         var haveBaseline = false
-        var deltas: [Int64: FlowCounters] = [:]
-        var resets: Set<Int64> = []
-        var countersAsOf: [Int64: Int64] = [:]
+        /// Per open window: the counter delta, when it was read, whether the counters restarted.
+        /// (One or two windows are open at a time: a small array, not three dictionaries.)
+        var windows: [WindowCounters] = []
         var preExpiryDone = false
+
+        /// Where the counters of `window` are in `windows` (opened if needed).
+        func counterWindow(_ window: Int64) -> Int {
+            if let i = windows.firstIndex(where: { $0.window == window }) { return i }
+            windows.append(WindowCounters(window: window))
+            return windows.count - 1
+        }
+
+        func takeCounterWindow(_ window: Int64) -> WindowCounters? {
+            guard let i = windows.firstIndex(where: { $0.window == window }) else { return nil }
+            return windows.remove(at: i)
+        }
 
         init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
             self.lease = LeaseFacts(lease)
@@ -622,7 +641,7 @@ final class ExporterLoop {
                     || c.originalBytes < s.last.originalBytes || c.replyBytes < s.last.replyBytes {
                     // The elements were replaced (renewal by delete+add): the counters restarted at 0.
                     d = c
-                    s.resets.insert(window)
+                    s.windows[s.counterWindow(window)].reset = true
                 } else {
                     d.originalPackets = c.originalPackets - s.last.originalPackets
                     d.originalBytes = c.originalBytes - s.last.originalBytes
@@ -631,13 +650,14 @@ final class ExporterLoop {
                 }
                 s.last = c
                 s.haveBaseline = true
-                var acc = s.deltas[window] ?? FlowCounters()
+                let wi = s.counterWindow(window)
+                var acc = s.windows[wi].delta
                 acc.originalPackets += d.originalPackets
                 acc.originalBytes += d.originalBytes
                 acc.replyPackets += d.replyPackets
                 acc.replyBytes += d.replyBytes
-                s.deltas[window] = acc
-                s.countersAsOf[window] = now
+                s.windows[wi].delta = acc
+                s.windows[wi].asOf = now
             }
         }
         owner.stats.withLock { $0.counterReads += 1 }
@@ -729,12 +749,13 @@ final class ExporterLoop {
         if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
         f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
         if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
-            let d = s.deltas.removeValue(forKey: w) ?? FlowCounters()
+            let taken = s.takeCounterWindow(w)
+            let d = taken?.delta ?? FlowCounters()
             var flow = JSON.Object()
             flow["client_to_anchor"] = ["packets": .int(d.originalPackets), "bytes": .int(d.originalBytes)]
             flow["anchor_to_client"] = ["packets": .int(d.replyPackets), "bytes": .int(d.replyBytes)]
-            if s.resets.remove(w) != nil { flow["counter_reset"] = true }
-            if let asOf = s.countersAsOf.removeValue(forKey: w), final || asOf < end - 50_000_000 {
+            if taken?.reset == true { flow["counter_reset"] = true }
+            if let asOf = taken?.asOf, asOf != 0, final || asOf < end - 50_000_000 {
                 flow["counted_until"] = .string(WallTime(nanosecondsSinceEpoch: asOf).rfc3339)
             }
             f["flow"] = .object(flow)
@@ -742,7 +763,7 @@ final class ExporterLoop {
             f["flow"] = .null
         }
         // Older windows' counters that never got a record (none expected) are dropped.
-        for k in s.deltas.keys where k < w { s.deltas[k] = nil }
+        s.windows.removeAll { $0.window < w }
 
         if s.ssid != 0 || stats.sent > 0 {
             var p = JSON.Object()

@@ -20,7 +20,7 @@ public enum Layout {
 /// `upsert`/`remove`, so restoring a record restores the indexes: that is how a failed kernel
 /// install is undone (`Undo`).
 public struct LeaseTable: Sendable {
-    public private(set) var leases: [LeaseID: Lease] = [:]
+    public private(set) var leases = LeaseStore()
     /// Highest generation seen for an ended lease id (replay protection): a tombstone. It is kept
     /// for `tombstoneRetentionNs` after the later of the lease's end and its expiry, then
     /// forgotten (`pruneTombstones`), so a long-running agent does not grow with every lease it
