@@ -258,6 +258,17 @@ extension LeaseService {
             work = true
         }
         if work { scheduleFlush() }
+        trimMemoryAfterBurst()
+    }
+
+    /// After a burst of lease work (thousands of leases admitted, revoked or ended) and once the
+    /// service has been idle for a moment, gives malloc's freed memory back to the kernel: the
+    /// burst's transient objects (request bodies, JSON, batch tasks) leave free holes that glibc
+    /// keeps otherwise. Run from the reconcile tick, never in the middle of a batch.
+    func trimMemoryAfterBurst() {
+        guard churnSinceTrim >= 1024, let last = lastBatchBoot,
+              clock.now().boot.nanoseconds &- last.nanoseconds >= 250_000_000 else { return }
+        if aip_malloc_trim_rate_limited(5_000_000_000) != 0 { churnSinceTrim = 0 }
     }
 }
 

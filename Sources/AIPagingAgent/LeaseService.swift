@@ -92,6 +92,9 @@ public actor LeaseService {
     /// Admissions, rejections and latencies as they happen.
     var metrics: AgentMetrics?
     public private(set) var stats = Stats()
+    /// Work items since malloc was last trimmed, and when the last batch ran (`trimMemoryAfterBurst`).
+    var churnSinceTrim = 0
+    var lastBatchBoot: BootInstant?
     /// Durable record of leases (nil: nothing survives a restart, as in unit tests).
     let journal: LeaseJournal?
 
@@ -514,8 +517,8 @@ public actor LeaseService {
         }
         if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
-        // A burst (a large batch, many ends) leaves freed memory in malloc's arenas: return it.
-        if items.count >= 1024 { _ = aip_malloc_trim_rate_limited(1_000_000_000) }
+        churnSinceTrim += items.count
+        lastBatchBoot = clock.now().boot
     }
 
     func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {

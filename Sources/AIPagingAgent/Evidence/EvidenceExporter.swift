@@ -354,6 +354,7 @@ final class ExporterLoop {
             // Sleep until the next tick (or boundary, counter read, finalization).
             var next = min(nextBoundaryNs, nextCounterReadNs)
             if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
+            if !finalizing.isEmpty { next = min(next, realtimeNanoseconds() + 1_000_000) }
             for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
             if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
             let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
@@ -665,16 +666,30 @@ final class ExporterLoop {
 
     // MARK: windows and records
 
+    /// Windows being written: the window and its sessions (by lease id) still to emit. A window
+    /// of 100 000 leases is emitted `finalizeChunk` records per loop turn, and only while the
+    /// log's writer keeps up, so the records in memory stay bounded (all at once, they would be
+    /// hundreds of MB of short-lived objects every window, and the heap would keep the holes).
+    var finalizing: [(window: Int64, sessions: ArraySlice<Session>)] = []
+    let finalizeChunk = 2048
+
     func runFinalizations(now: Int64) {
         var records: [EVIRecord] = []
         let due = pendingFinalize.filter { $0.0 <= now }.map(\.1).sorted()
         pendingFinalize.removeAll { $0.0 <= now }
-        for w in due {
-            for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) where w > s.emittedThrough {
+        if !due.isEmpty {
+            let ordered = sessions.values.sorted(by: { $0.lease.id < $1.lease.id })
+            for w in due { finalizing.append((w, ordered[...])) }
+        }
+        while !finalizing.isEmpty && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
+            let w = finalizing[0].window
+            while records.count < finalizeChunk, let s = finalizing[0].sessions.popFirst() {
+                guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
                 records.append(windowRecord(s, window: w, final: false))
                 s.emittedThrough = w
             }
+            if finalizing[0].sessions.isEmpty { finalizing.removeFirst() }
         }
         let done = ending.filter { ($0.finalizeAtNs ?? .max) <= now }
         if !done.isEmpty {
@@ -688,7 +703,6 @@ final class ExporterLoop {
             owner.log.append(records)
             owner.stats.withLock { $0.windows += UInt64(records.count) }
         }
-        if records.count + done.count >= 1024 { _ = aip_malloc_trim_rate_limited(1_000_000_000) }
     }
 
     func finalRecords(_ s: Session, end: Int64) -> [EVIRecord] {

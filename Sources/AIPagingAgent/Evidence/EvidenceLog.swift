@@ -157,6 +157,9 @@ public final class EvidenceLog: Sendable {
     /// Queues a record; it is sealed and written by the writer thread.
     public func append(_ r: EVIRecord) { append([r]) }
 
+    /// Records queued and not yet written.
+    public var backlog: Int { shared.withLock { Int($0.enqueued &- $0.written) } }
+
     public func append(_ rs: [EVIRecord]) {
         guard !rs.isEmpty else { return }
         let signal = shared.withLock { s -> Bool in
