@@ -258,17 +258,26 @@ extension LeaseService {
             work = true
         }
         if work { scheduleFlush() }
-        trimMemoryAfterBurst()
+        trimMemoryWhenIdle()
     }
 
-    /// After a burst of lease work (thousands of leases admitted, revoked or ended) and once the
-    /// service has been idle for a moment, gives malloc's freed memory back to the kernel: the
-    /// burst's transient objects (request bodies, JSON, batch tasks) leave free holes that glibc
-    /// keeps otherwise. Run from the reconcile tick, never in the middle of a batch.
-    func trimMemoryAfterBurst() {
-        guard churnSinceTrim >= 1024, let last = lastBatchBoot,
-              clock.now().boot.nanoseconds &- last.nanoseconds >= 250_000_000 else { return }
-        if aip_malloc_trim_rate_limited(5_000_000_000) != 0 { churnSinceTrim = 0 }
+    /// After a burst of lease work (thousands of leases admitted, revoked or ended), gives the
+    /// memory malloc kept from it back to the kernel: the burst's short-lived objects (request
+    /// bodies, JSON, batch tasks) leave free holes that glibc does not return on its own (at
+    /// 100 000 leases: ~100 MB of RSS). A trim takes milliseconds with malloc locked, so only
+    /// when the service has been idle for a second, no deadline is due within 250 ms, and at
+    /// most every 5 s.
+    func trimMemoryWhenIdle() {
+        let now = clock.now().boot
+        guard churnSinceTrim >= 1024, let last = lastBatchBoot, now.nanoseconds &- last.nanoseconds >= 1_000_000_000,
+              now.nanoseconds &- lastTrimBoot.nanoseconds >= 5_000_000_000 else { return }
+        if let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant }),
+           next.nanoseconds <= now.nanoseconds &+ 250_000_000 { return }
+        aip_malloc_trim()
+        churnSinceTrim = 0
+        lastTrimBoot = clock.now().boot
+        stats.memoryTrims += 1
+        stats.lastTrimNs = lastTrimBoot.nanoseconds &- now.nanoseconds
     }
 }
 

@@ -444,7 +444,10 @@ public struct ControlAPI: Sendable {
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
                         "expiry_lateness": snapshot.stats.expiryLateness.summary]
         o["evidence"] = evidenceStatus()
-        o["memory"] = Self.memoryStatus()
+        var memory = Self.memoryStatus().objectValue ?? JSON.Object()
+        memory["trims"] = .int(snapshot.stats.memoryTrims)
+        memory["last_trim_ms"] = .double(Double(snapshot.stats.lastTrimNs) / 1e6)
+        o["memory"] = .object(memory)
         return .json(200, .object(o))
     }
 }

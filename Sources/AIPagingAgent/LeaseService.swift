@@ -91,10 +91,12 @@ public actor LeaseService {
     var lifecycleObserver: (@Sendable (LifecycleEvent, Lease) -> Void)?
     /// Admissions, rejections and latencies as they happen.
     var metrics: AgentMetrics?
-    public private(set) var stats = Stats()
-    /// Work items since malloc was last trimmed, and when the last batch ran (`trimMemoryAfterBurst`).
+    public internal(set) var stats = Stats()
+    /// Work items since malloc was last trimmed, when the last batch ran and the last trim
+    /// (`trimMemoryWhenIdle`).
     var churnSinceTrim = 0
     var lastBatchBoot: BootInstant?
+    var lastTrimBoot = BootInstant(nanoseconds: 0)
     /// Durable record of leases (nil: nothing survives a restart, as in unit tests).
     let journal: LeaseJournal?
 
@@ -110,6 +112,9 @@ public actor LeaseService {
         /// Reports of kernel changes made by another process (drift), each followed by a resync.
         public var driftReports = 0
         public var batches = 0
+        /// malloc trims after bursts, and how long the last one took (ns).
+        public var memoryTrims = 0
+        public var lastTrimNs: UInt64 = 0
         public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
         public var expiryLateness = LatencyHistogram()

@@ -84,21 +84,6 @@ int aip_thread_set_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : -errno;
 }
 
-/* Gives memory freed after a large burst (a batch of thousands of leases, a window's records)
- * back to the kernel: glibc keeps freed chunks in its arenas, so without this the agent's RSS
- * stays at its highest burst. At most once per `min_interval_ns` (boottime) process-wide; returns
- * 1 if it trimmed. */
-int aip_malloc_trim_rate_limited(uint64_t min_interval_ns) {
-    static _Atomic uint64_t last = 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_BOOTTIME, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    uint64_t prev = atomic_load(&last);
-    if (prev != 0 && now - prev < min_interval_ns) return 0;
-    if (!atomic_compare_exchange_strong(&last, &prev, now)) return 0;
-    malloc_trim(0);
-    return 1;
-}
 
 /* The process's memory as malloc sees it: bytes in use, bytes free inside malloc's arenas (kept
  * from the kernel: fragmentation), bytes in mmapped chunks. */
@@ -125,3 +110,8 @@ void aip_malloc_tune(void) {
     mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024);
     mallopt(M_ARENA_MAX, 2);
 }
+
+/* Gives memory freed inside malloc's arenas back to the kernel (glibc keeps freed chunks
+ * otherwise, so RSS would stay at the highest burst). It walks the heap with the arenas locked
+ * (milliseconds for hundreds of MB): the agent calls it only when idle. */
+void aip_malloc_trim(void) { malloc_trim(0); }

@@ -142,8 +142,8 @@ void aip_eventfd_drain(int fd);
 /// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread). For background
 /// work (evidence) that must never delay the lease service on a small machine. 0 or -errno.
 int aip_thread_set_nice(int nice);
-int aip_malloc_trim_rate_limited(uint64_t min_interval_ns);
 void aip_malloc_tune(void);
+void aip_malloc_trim(void);
 void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped, uint64_t *rss);
 
 #endif
