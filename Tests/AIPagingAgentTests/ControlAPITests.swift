@@ -35,6 +35,32 @@ import Testing
     }
 
     /// Bad requests get a clear 4xx with a cause, and change neither the lease table nor the kernel.
+    /// With `http_thread` the control server runs on a thread of its own and hops to the lease
+    /// service's: single, concurrent and batched requests are answered as on the shared thread,
+    /// and the status reports the agent's memory.
+    @Test func separateHTTPThreadServesTheSameAPI() async throws {
+        let agent = try await TestAgent { $0.httpThread = true }
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/L1", json: lease()).0 == 201)
+        let statuses = try await withThrowingTaskGroup(of: Int.self) { g in
+            for i in 0..<16 {
+                g.addTask { try await agent.call("PUT", "/v1/leases/C\(i)", json: lease("C\(i)", client: "198.18.1.\(i + 10)")).0 }
+            }
+            return try await g.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(statuses == Array(repeating: 201, count: 16))
+        let batch: JSON = ["leases": .array((0..<3).map { lease("B\($0)", client: "198.18.1.\($0 + 40)") })]
+        let (bs, bb) = try await agent.call("POST", "/v1/leases", json: batch)
+        #expect(bs == 200 && bb["results"]?.arrayValue?.allSatisfy { $0["status"]?.int64Value == 201 } == true)
+        let k = try await agent.kernel()
+        #expect(k.steering.count == 20 && k.leafCount == 20)
+        let (ss, status) = try await agent.call("GET", "/v1/status")
+        #expect(ss == 200 && (status["memory"]?["rss_bytes"]?.int64Value ?? 0) > 0)
+        #expect((status["memory"]?["heap_in_use_bytes"]?.int64Value ?? 0) > 0)
+        #expect(try await agent.call("DELETE", "/v1/leases/L1").0 == 200)
+        #expect(try await agent.kernel().steering.count == 19)
+    }
+
     @Test func badRequestsChangeNothing() async throws {
         let agent = try await TestAgent(policy: .lab, capacityKbit: 10_000) { $0.maxBodyBytes = 4096 }
         defer { Task { await agent.stop() } }

@@ -1,0 +1,34 @@
+import AIPagingAgent
+import AIPagingCore
+import Testing
+
+/// The config file: known keys set their fields, anything unknown or mistyped is refused with
+/// the key named (an ignored key could change what the operator meant).
+@Suite struct AgentConfigTests {
+    func parse(_ text: String) throws(AgentConfig.LoadError) -> AgentConfig {
+        try AgentConfig.parse(Array(text.utf8))
+    }
+
+    @Test func knownKeysSetTheirFields() throws {
+        let c = try parse("""
+        {"socket": "/run/x.sock", "state_dir": "/var/lib/x", "flush_on_exit": true, "group_size": 128,
+         "http_thread": true, "drift_repair": false, "reconcile_interval_ms": 0,
+         "evidence_window_ms": 2000, "probe_interval_ms": 0, "max_probe_rate": 500, "x-note": "ignored"}
+        """)
+        #expect(c.socketPath == "/run/x.sock" && c.stateDir == "/var/lib/x" && c.flushOnExit && c.groupSize == 128)
+        #expect(c.httpThread && !c.driftRepair && c.reconcileIntervalMs == 0)
+        #expect(c.evidence.windowMs == 2000 && c.evidence.probeIntervalMs == 0 && c.evidence.maxProbeRate == 500)
+        let d = try parse("{}")
+        #expect(!d.httpThread && d.driftRepair && d.groupSize == Layout.defaultGroupSize)
+    }
+
+    @Test func unknownOrMistypedKeysAreRefused() {
+        for (text, says) in [("{\"http_threads\": true}", "unknown key \"http_threads\""),
+                             ("{\"http_thread\": 1}", "http_thread must be a boolean"),
+                             ("{\"group_size\": 0}", "group_size must be 1..4096"),
+                             ("{\"probe_interval_ms\": 100, \"probe_timeout_ms\": 20000, \"evidence_window_ms\": 10000}",
+                              "probe_timeout_ms (20000) must be shorter than evidence_window_ms (10000)")] {
+            #expect { try parse(text) } throws: { ($0 as? AgentConfig.LoadError)?.description.contains(says) == true }
+        }
+    }
+}
