@@ -67,7 +67,7 @@ public struct APIResponse: Sendable {
     public var headers: [(String, String)] = []
 
     public static func json(_ status: Int, _ value: JSON) -> APIResponse {
-        APIResponse(status: status, contentType: "application/json", body: .bytes(Array((value.serialized() + "\n").utf8)))
+        APIResponse(status: status, contentType: "application/json", body: .bytes({ var b = value.bytes(reserving: 512); b.append(0x0A); return b }()))
     }
     public static func error(_ e: LeaseError) -> APIResponse { json(e.status, e.body) }
     public static func text(_ status: Int, _ s: String, contentType: String = "text/plain; charset=utf-8") -> APIResponse {

@@ -275,7 +275,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func respondAndClose(_ context: ChannelHandlerContext, _ e: LeaseError) {
-        let body = Array(e.body.serialized().utf8)
+        let body = e.body.bytes()
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(body.count))

@@ -96,7 +96,7 @@ public final class LeaseJournal {
         var out = [UInt8]()
         out.reserveCapacity(records.count * 600)
         for r in records {
-            let body = Array(r.json(bootID: bootID, clock: clock).serialized().utf8)
+            let body = r.json(bootID: bootID, clock: clock).bytes(reserving: 512)
             let hex = String(LeaseJournal.crc(body), radix: 16)
             out += Array((String(repeating: "0", count: 8 - hex.count) + hex + " ").utf8)
             out += body

@@ -36,6 +36,22 @@ import Testing
         }
     }
 
+    /// The byte writer: exact output for escapes, integers at their limits, non-ASCII text and
+    /// doubles, and what it writes parses back to the same value.
+    @Test func writesBytesExactly() throws {
+        let v: JSON = ["s": .string("tab\tnl\ncr\r\u{1f}q\"b\\ é ✓"), "min": .int(Int64.min), "max": .int(Int64.max),
+                       "u": .number(.uint(UInt64.max)), "z": 0, "n": -7, "d": 2.5, "di": 3.0, "inf": .double(.infinity),
+                       "a": [true, false, nil, [:], []]]
+        let text = #"{"s":"tab\tnl\ncr\r\u001fq\"b\\ é ✓","min":-9223372036854775808,"max":9223372036854775807,"u":18446744073709551615,"z":0,"n":-7,"d":2.5,"di":3,"inf":null,"a":[true,false,null,{},[]]}"#
+        #expect(v.bytes() == Array(text.utf8))
+        #expect(v.serialized() == text)
+        var appended: [UInt8] = Array("x".utf8)
+        JSON.int(42).write(into: &appended)
+        #expect(appended == Array("x42".utf8))
+        let back = try JSON.parse(v.bytes())
+        #expect(back["s"] == v["s"] && back["min"] == v["min"] && back["u"] == v["u"] && back["a"] == v["a"])
+    }
+
     @Test func limitsDepth() {
         let deep = String(repeating: "[", count: 40) + String(repeating: "]", count: 40)
         #expect(throws: JSON.ParseError.self) { try JSON.parse(deep) }

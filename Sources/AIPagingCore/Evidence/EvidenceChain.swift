@@ -37,10 +37,7 @@ public enum EvidenceChain {
         o["prev"] = .string(hex(prev))
         o["kid"] = .string(keyID)
         for (k, v) in body.pairs { o[k] = v }
-        var text = ""
-        text.reserveCapacity(1024)
-        JSON.object(o).write(into: &text)
-        var signed = Array(text.utf8)
+        var signed = JSON.object(o).bytes(reserving: 1024)
         guard let key else { return (signed, Array(SHA256.hash(data: signed))) }
         let sig = try key.signature(for: signed)
         signed.removeLast()   // the closing brace

@@ -148,70 +148,101 @@ public enum JSON: Sendable, Equatable {
 
     /// Compact serialization; object keys in insertion order.
     public func serialized() -> String {
-        var out = ""
-        out.reserveCapacity(256)
+        String(decoding: bytes(), as: UTF8.self)
+    }
+
+    /// The serialization as UTF-8 bytes (what goes on a socket or into a file).
+    public func bytes(reserving capacity: Int = 256) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(capacity)
         write(into: &out)
         return out
     }
 
     public func write(into out: inout String) {
+        out += serialized()
+    }
+
+    /// Appends the serialization to `out`. (Bytes, not a String: appending many short pieces
+    /// to a String costs several times more, and this runs for every reply, journal line and
+    /// evidence record.)
+    public func write(into out: inout [UInt8]) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
+        case .null: out.append(contentsOf: JSON.nullBytes)
+        case .bool(let b): out.append(contentsOf: b ? JSON.trueBytes : JSON.falseBytes)
         case .number(let n):
             switch n {
-            case .int(let v): out += String(v)
-            case .uint(let v): out += String(v)
+            case .int(let v): JSON.writeInteger(v.magnitude, negative: v < 0, into: &out)
+            case .uint(let v): JSON.writeInteger(v, negative: false, into: &out)
             case .double(let d):
                 if d.isFinite {
-                    if d.rounded() == d && abs(d) < 1e15 { out += String(Int64(d)) } else { out += "\(d)" }
-                } else { out += "null" }
+                    if d.rounded() == d && abs(d) < 1e15 {
+                        let v = Int64(d)
+                        JSON.writeInteger(v.magnitude, negative: v < 0, into: &out)
+                    } else {
+                        out.append(contentsOf: "\(d)".utf8)
+                    }
+                } else { out.append(contentsOf: JSON.nullBytes) }
             }
         case .string(let s): JSON.writeString(s, into: &out)
         case .array(let a):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (i, v) in a.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 v.write(into: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .object(let o):
-            out += "{"
+            out.append(UInt8(ascii: "{"))
             for (i, p) in o.pairs.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 JSON.writeString(p.0, into: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 p.1.write(into: &out)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func writeString(_ s: String, into out: inout String) {
-        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C }) {
-            out += "\""
-            out += s
-            out += "\""
-            return
+    static let nullBytes = Array("null".utf8), trueBytes = Array("true".utf8), falseBytes = Array("false".utf8)
+
+    static func writeInteger(_ magnitude: UInt64, negative: Bool, into out: inout [UInt8]) {
+        if negative { out.append(UInt8(ascii: "-")) }
+        if magnitude < 10 { out.append(UInt8(ascii: "0") + UInt8(magnitude)); return }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 20 digits at most, as bytes
+        var n = magnitude, count = 0
+        withUnsafeMutableBytes(of: &digits) { buf in
+            while n > 0 {
+                buf[23 - count] = UInt8(ascii: "0") + UInt8(n % 10)
+                n /= 10
+                count += 1
+            }
+            out.append(contentsOf: buf[(24 - count)...])
         }
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
+    }
+
+    static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var clean = true
+        for b in s.utf8 where b < 0x20 || b == 0x22 || b == 0x5C { clean = false; break }
+        if clean {
+            out.append(contentsOf: s.utf8)
+        } else {
+            for b in s.utf8 {
+                switch b {
+                case 0x22: out.append(0x5C); out.append(0x22)
+                case 0x5C: out.append(0x5C); out.append(0x5C)
+                case 0x0A: out.append(0x5C); out.append(UInt8(ascii: "n"))
+                case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
+                case 0x09: out.append(0x5C); out.append(UInt8(ascii: "t"))
+                case 0..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 15)]])
+                default: out.append(b)
                 }
             }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }
 
