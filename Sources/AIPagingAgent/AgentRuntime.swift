@@ -285,6 +285,6 @@ extension LeaseService {
 public enum ProcessTuning {
     /// malloc for a long-running process with bursty large allocations: a fixed mmap threshold
     /// (transient arrays of a burst go back to the kernel when freed instead of fragmenting the
-    /// heap) and at most two arenas. See `aip_malloc_tune`.
+    /// heap). See `aip_malloc_tune`.
     public static func tuneMalloc() { aip_malloc_tune() }
 }

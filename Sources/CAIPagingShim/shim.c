@@ -104,11 +104,13 @@ void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped,
 /* malloc settings for a long-running agent whose bursts (a batch of thousands of leases, a
  * netlink dump, a window's records) allocate large transient arrays: a fixed mmap threshold keeps
  * them out of the heap (glibc otherwise raises the threshold after each freed burst, after which
- * bursts land in the heap and fragment it), and two arenas bound per-thread fragmentation. */
+ * bursts land in the heap and fragment it). The number of arenas is left alone: with fewer arenas
+ * than threads, the lease service could wait on an arena lock held by a preempted nice-10
+ * evidence thread, and a stall between computing element timeouts and the kernel taking them
+ * would make elements outlive their leases. */
 void aip_malloc_tune(void) {
     mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024);
-    mallopt(M_ARENA_MAX, 2);
 }
 
 /* Gives memory freed inside malloc's arenas back to the kernel (glibc keeps freed chunks
