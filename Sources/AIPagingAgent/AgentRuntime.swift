@@ -248,8 +248,9 @@ extension LeaseService {
     public func periodic() {
         for p in points.values { p.backend.maintenance() }
         var work = false
-        if let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant }),
-           next <= clock.now().boot {
+        let now = clock.now().boot
+        let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant })
+        if let next, next <= now {
             pending.append(.tick)
             work = true
         }
@@ -258,7 +259,7 @@ extension LeaseService {
             work = true
         }
         if work { scheduleFlush() }
-        trimMemoryWhenIdle()
+        trimMemoryWhenIdle(now: now, nextDeadline: next)
     }
 
     /// After a burst of lease work (thousands of leases admitted, revoked or ended), gives the
@@ -267,12 +268,10 @@ extension LeaseService {
     /// 100 000 leases: ~100 MB of RSS). A trim takes milliseconds with malloc locked, so only
     /// when the service has been idle for a second, no deadline is due within 250 ms, and at
     /// most every 5 s.
-    func trimMemoryWhenIdle() {
-        let now = clock.now().boot
+    func trimMemoryWhenIdle(now: BootInstant, nextDeadline: BootInstant?) {
         guard churnSinceTrim >= 1024, let last = lastBatchBoot, now.nanoseconds &- last.nanoseconds >= 1_000_000_000,
               now.nanoseconds &- lastTrimBoot.nanoseconds >= 5_000_000_000 else { return }
-        if let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant }),
-           next.nanoseconds <= now.nanoseconds &+ 250_000_000 { return }
+        if let nextDeadline, nextDeadline.nanoseconds <= now.nanoseconds &+ 250_000_000 { return }
         aip_malloc_trim()
         churnSinceTrim = 0
         lastTrimBoot = clock.now().boot

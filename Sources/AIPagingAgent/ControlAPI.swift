@@ -444,10 +444,7 @@ public struct ControlAPI: Sendable {
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
                         "expiry_lateness": snapshot.stats.expiryLateness.summary]
         o["evidence"] = evidenceStatus()
-        var memory = Self.memoryStatus().objectValue ?? JSON.Object()
-        memory["trims"] = .int(snapshot.stats.memoryTrims)
-        memory["last_trim_ms"] = .double(Double(snapshot.stats.lastTrimNs) / 1e6)
-        o["memory"] = .object(memory)
+        o["memory"] = Self.memoryStatus(snapshot.stats)
         return .json(200, .object(o))
     }
 }
@@ -455,14 +452,11 @@ public struct ControlAPI: Sendable {
 extension ControlAPI {
     /// Resident set (from /proc) and malloc's view: bytes in use and bytes free inside its arenas
     /// (freed but not returned to the kernel), for operators sizing a node.
-    static func memoryStatus() -> JSON {
-        var inUse: UInt64 = 0, free: UInt64 = 0, mmapped: UInt64 = 0, rss: UInt64 = 0
-        aip_malloc_usage(&inUse, &free, &mmapped, &rss)
-        var o = JSON.Object()
-        o["rss_bytes"] = .int(rss)
-        o["heap_in_use_bytes"] = .int(inUse)
-        o["heap_free_bytes"] = .int(free)
-        return .object(o)
+    static func memoryStatus(_ stats: LeaseService.Stats) -> JSON {
+        var inUse: UInt64 = 0, free: UInt64 = 0, rss: UInt64 = 0
+        aip_malloc_usage(&inUse, &free, &rss)
+        return ["rss_bytes": .int(rss), "heap_in_use_bytes": .int(inUse), "heap_free_bytes": .int(free),
+                "trims": .int(stats.memoryTrims), "last_trim_ms": .double(Double(stats.lastTrimNs) / 1e6)]
     }
 
     /// `/v1/status`'s `evidence` member: the key, the log's head and the measurement figures.

@@ -523,7 +523,7 @@ public actor LeaseService {
         if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
         churnSinceTrim += items.count
-        lastBatchBoot = clock.now().boot
+        lastBatchBoot = applyDone.boot
     }
 
     func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {

@@ -85,9 +85,9 @@ int aip_thread_set_nice(int nice) {
 }
 
 
-/* The process's memory as malloc sees it: bytes in use, bytes free inside malloc's arenas (kept
- * from the kernel: fragmentation), bytes in mmapped chunks. */
-void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped, uint64_t *rss) {
+/* The process's memory: resident set, and as malloc sees it: bytes in use (mmapped chunks
+ * included) and bytes free inside its arenas (kept from the kernel: fragmentation). */
+void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *rss) {
     struct mallinfo2 m = mallinfo2();
     *rss = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -98,7 +98,6 @@ void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped,
     }
     *in_use = (uint64_t)m.uordblks + (uint64_t)m.hblkhd;
     *free_bytes = (uint64_t)m.fordblks;
-    *mmapped = (uint64_t)m.hblkhd;
 }
 
 /* malloc settings for a long-running agent whose bursts (a batch of thousands of leases, a

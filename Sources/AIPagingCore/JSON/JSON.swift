@@ -159,10 +159,6 @@ public enum JSON: Sendable, Equatable {
         return out
     }
 
-    public func write(into out: inout String) {
-        out += serialized()
-    }
-
     /// Appends the serialization to `out`. (Bytes, not a String: appending many short pieces
     /// to a String costs several times more, and this runs for every reply, journal line and
     /// evidence record.)

@@ -28,9 +28,9 @@ public struct LeaseTable: Sendable {
     /// after it, a COMMIT with an absolute `expires_at` is refused as expired anyway.
     public internal(set) var endedGenerations: [LeaseID: UInt64] = [:]
     public var tombstoneRetentionNs: Int64 = 3_600 * 1_000_000_000
-    /// (retained from, wall ns; generation; lease id), earliest first. Entries whose tombstone was
-    /// replaced by a later generation or restored away are skipped when they surface.
-    private var tombstoneHeap: [(Int64, UInt64, LeaseID)] = []
+    /// (retained from, wall ns) -> (generation, lease id), earliest first. Entries whose tombstone
+    /// was replaced by a later generation or restored away are skipped when they surface.
+    private var tombstoneHeap = MinHeap<Int64, (generation: UInt64, id: LeaseID)>()
     /// Relocation instants per AISI (sliding window for the rate limit).
     public private(set) var relocationLog: [AISI: [BootInstant]] = [:]
     public private(set) var points: [String: PointIndex] = [:]
@@ -54,12 +54,11 @@ public struct LeaseTable: Sendable {
 
     /// The leases of one classifier: almost always one (a second only while a relocation drains),
     /// so the first is stored inline and only further ones take an allocation.
-    public struct LeaseIDs: Sendable, Equatable, Sequence {
+    public struct LeaseIDs: Sendable, Equatable {
         public private(set) var first: LeaseID
         var rest: [LeaseID] = []
         init(_ id: LeaseID) { first = id }
         public var count: Int { 1 + rest.count }
-        public func makeIterator() -> IndexingIterator<[LeaseID]> { ([first] + rest).makeIterator() }
         mutating func insert(_ id: LeaseID) {
             if id != first && !rest.contains(id) { rest.append(id) }
         }
@@ -134,21 +133,23 @@ public struct LeaseTable: Sendable {
     /// Records a tombstone whose retention counts from `from` (journal replay, compaction).
     public mutating func remember(_ id: LeaseID, generation g: UInt64, retainedFrom from: WallTime) {
         endedGenerations[id] = g
-        pushTombstone(from.nanosecondsSinceEpoch, g, id)
+        tombstoneHeap.push(from.nanosecondsSinceEpoch, (g, id))
     }
 
     /// Forgets tombstones whose retention is over at `now`; returns how many.
     @discardableResult
     public mutating func pruneTombstones(now: WallTime) -> Int {
         var n = 0
-        while let top = tombstoneHeap.first, top.0 &+ tombstoneRetentionNs <= now.nanosecondsSinceEpoch {
-            popTombstone()
-            if endedGenerations[top.2] == top.1 {
-                endedGenerations[top.2] = nil
+        while let top = tombstoneHeap.top, top.key &+ tombstoneRetentionNs <= now.nanosecondsSinceEpoch {
+            tombstoneHeap.popTop()
+            if endedGenerations[top.value.id] == top.value.generation {
+                endedGenerations[top.value.id] = nil
                 n += 1
             }
         }
-        if tombstoneHeap.count > 64 && tombstoneHeap.count > 2 * endedGenerations.count { rebuildTombstoneHeap() }
+        if tombstoneHeap.count > 64 && tombstoneHeap.count > 2 * endedGenerations.count {
+            tombstoneHeap.filter { endedGenerations[$0.value.id] == $0.value.generation }
+        }
         return n
     }
 
@@ -156,43 +157,11 @@ public struct LeaseTable: Sendable {
     public var tombstones: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] {
         var seen = Set<LeaseID>()
         var out: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] = []
-        for (at, g, id) in tombstoneHeap.sorted(by: { $0.0 > $1.0 }) where endedGenerations[id] == g && seen.insert(id).inserted {
-            out.append((id, g, WallTime(nanosecondsSinceEpoch: at)))
+        for e in tombstoneHeap.entries.sorted(by: { $0.key > $1.key })
+        where endedGenerations[e.value.id] == e.value.generation && seen.insert(e.value.id).inserted {
+            out.append((e.value.id, e.value.generation, WallTime(nanosecondsSinceEpoch: e.key)))
         }
         return out
-    }
-
-    private mutating func rebuildTombstoneHeap() {
-        let live = tombstoneHeap.filter { endedGenerations[$0.2] == $0.1 }
-        tombstoneHeap = []
-        for (at, g, id) in live { pushTombstone(at, g, id) }
-    }
-
-    private mutating func pushTombstone(_ at: Int64, _ g: UInt64, _ id: LeaseID) {
-        tombstoneHeap.append((at, g, id))
-        var i = tombstoneHeap.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            if tombstoneHeap[parent].0 <= tombstoneHeap[i].0 { break }
-            tombstoneHeap.swapAt(parent, i)
-            i = parent
-        }
-    }
-
-    private mutating func popTombstone() {
-        let last = tombstoneHeap.removeLast()
-        guard !tombstoneHeap.isEmpty else { return }
-        tombstoneHeap[0] = last
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < tombstoneHeap.count && tombstoneHeap[l].0 < tombstoneHeap[m].0 { m = l }
-            if r < tombstoneHeap.count && tombstoneHeap[r].0 < tombstoneHeap[m].0 { m = r }
-            if m == i { break }
-            tombstoneHeap.swapAt(i, m)
-            i = m
-        }
     }
 
     public mutating func restoreEndedGeneration(_ id: LeaseID, _ generation: UInt64?) {

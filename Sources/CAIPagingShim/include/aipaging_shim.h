@@ -144,6 +144,6 @@ void aip_eventfd_drain(int fd);
 int aip_thread_set_nice(int nice);
 void aip_malloc_tune(void);
 void aip_malloc_trim(void);
-void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *mmapped, uint64_t *rss);
+void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *rss);
 
 #endif
