@@ -58,6 +58,7 @@ import Testing
         let sent = Mutex<[Sent]>([])
         let samples = Mutex<[(Int64, Int64, [String: UInt32])]>([])   // read began, read ended, classifier client -> mark
         let stop = Atomic<Bool>(false)
+        let paused = Atomic<Bool>(false)   // no new requests while the agent is dead (one may be in flight at the kill)
         let socket = dir + "/agent.sock"
 
         // The stream: commits (fresh classifiers), relocations of live leases, revokes.
@@ -67,7 +68,12 @@ import Testing
             var rng = SystemRandomNumberGenerator()
             while !stop.load(ordering: .relaxed) {
                 n += 1
-                let live = sent.withLock { $0.filter { $0.status == 201 && $0.revokedAckMs == nil && ($0.expiresMs ?? 0) > Self.nowMs() + 500 } }
+                if paused.load(ordering: .relaxed) { Thread.sleep(forTimeInterval: 0.01); continue }
+                // Revokes and relocations pick short leases: the long ones are left alone so
+                // that the test always has acknowledged leases that outlive the outage.
+                let live = sent.withLock {
+                    $0.filter { $0.status == 201 && $0.revokedAckMs == nil && $0.ttlMs < 12000 && ($0.expiresMs ?? 0) > Self.nowMs() + 500 }
+                }
                 let roll = Int.random(in: 0..<10, using: &rng)
                 if roll < 2, let victim = live.randomElement(using: &rng) {
                     let sentAt = Self.nowMs()
@@ -92,7 +98,10 @@ import Testing
                     continue   // keep one lineage per classifier
                 }
                 let anchor = Bool.random(using: &rng) ? ("edge-1", "198.18.2.2") : ("cloud-1", "198.18.3.2")
-                entry.ttlMs = Int64.random(in: 4000...9000, using: &rng)
+                // Mostly short leases (they expire during the test, some while the agent is dead);
+                // one in four long enough to outlive the outage and a slow restart under load.
+                entry.ttlMs = Int.random(in: 0..<4, using: &rng) == 0
+                    ? Int64.random(in: 12000...16000, using: &rng) : Int64.random(in: 3000...9000, using: &rng)
                 let body = labLease(entry.id, aisi: "aisi-\(entry.classifierClient)", anchor: anchor.0, ttlMs: entry.ttlMs,
                                     relocates: relocates, drainMs: 300)
                 var bodyObj = body.objectValue!
@@ -128,17 +137,26 @@ import Testing
         sampler.start()
         try await Task.sleep(for: .milliseconds(2000))
         // Kill only once the stream has acknowledged enough leases that outlive the outage.
-        for _ in 0..<100 {
-            let acked = sent.withLock { s in s.filter { $0.status == 201 && ($0.expiresMs ?? 0) > Self.nowMs() + 4000 }.count }
-            if acked >= 10 { break }
+        // (CI runs this next to other suites on 2 cores: the stream and the restart can be slow.)
+        for _ in 0..<200 {
+            let (acked, outliving) = sent.withLock { s in
+                let a = s.filter { $0.status == 201 && ($0.expiresMs ?? 0) > Self.nowMs() + 2000 }
+                let superseded = Set(s.compactMap(\.relocatedFrom))
+                return (a.count, a.filter {
+                    ($0.expiresMs ?? 0) > Self.nowMs() + 9000 && $0.revokeSentMs == nil && !superseded.contains($0.id)
+                }.count)
+            }
+            if acked >= 10 && outliving >= 3 { break }
             try await Task.sleep(for: .milliseconds(100))
         }
+        paused.store(true, ordering: .relaxed)
         let killedAt = Self.nowMs()
         agent.withLock { p in kill(p!.processIdentifier, SIGKILL); p!.waitUntilExit() }
         try await Task.sleep(for: .milliseconds(1500))
         let restartedAt = Self.nowMs()
         let second = try await offPool { try RestartLiveTests.startAgent(lab, dir: dir) }
         agent.withLock { $0 = second }
+        paused.store(false, ordering: .relaxed)
         let readyAt = Self.nowMs()
         try await Task.sleep(for: .milliseconds(1500))
         stop.store(true, ordering: .relaxed)
