@@ -28,6 +28,9 @@ public final class KernelBackend: EnforcementBackend {
     /// (it must stay within the resync's early tolerance) and decaying when transactions are fast.
     var learnedMarginNs: UInt64 = 0
     static let maxLearnedMarginNs: UInt64 = 15_000_000
+    /// For tests: delays (ns) put between the clock reading and the commit of the next
+    /// nftables transactions of `apply`, one per transaction, as a descheduled thread would.
+    public var injectedCommitDelaysNs: [UInt64] = []
     /// Removes, in the background, conntrack entries of flows that began before their lease.
     let sweeper: UnsteeredSweeper
 
@@ -105,39 +108,7 @@ public final class KernelBackend: EnforcementBackend {
     public func apply(_ plan: PointPlan) throws(EnforcementError) {
         flush(plan.flushMarksBefore)
         try applyTC(plan.tcBefore)
-        if !plan.nft.isEmpty {
-            // The kernel starts an element's timeout when it processes it, a little after this
-            // clock reading: the margin (1 ms + 5 µs per change, plus what slow transactions
-            // taught) keeps every element expiring at or before its lease's deadline, never after.
-            let start = SystemClock.boot()
-            let baseMargin = 1_000_000 + 5_000 * UInt64(plan.nft.count)
-            let margin = baseMargin + learnedMarginNs
-            let now = start.adding(nanoseconds: margin)
-            let tx = NFTTransaction()
-            for change in plan.nft {
-                switch change {
-                case .addSteer(let c, let mark, let d): addSteer(tx, c, mark, d, now)
-                case .deleteSteer(let c, let mark): tx.removeSteering(Self.key(c), mark: mark)
-                case .addAnchor(let m, let a, let p, let d): addAnchor(tx, m, a, p, d, now)
-                case .deleteAnchor(let m, let a, let p): tx.removeAnchor(mark: m, address: a, port: p)
-                case .addQoS(let m, let cid, let d): addQoS(tx, m, cid, d, now)
-                case .deleteQoS(let m, let cid): tx.removeQoS(mark: m, classid: cid)
-                }
-            }
-            do { try commit(tx, "nftables transaction (\(plan.nft.count) changes)") } catch { throw error }
-            // Clock reading to ACK bounds how late the kernel started the timeouts.
-            let took = start.nanoseconds(until: SystemClock.boot())
-            if took > margin {
-                let needed = min(Self.maxLearnedMarginNs, took - baseMargin)
-                logger.warning("nftables transaction took longer than its timeout margin: its elements may expire after their leases' deadlines by up to the difference; widening the margin",
-                               metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)",
-                                          "new_margin_us": "\((baseMargin + max(learnedMarginNs, needed)) / 1000)"])
-                learnedMarginNs = max(learnedMarginNs, needed)
-            } else if learnedMarginNs > 0 && took * 4 < margin {
-                learnedMarginNs = learnedMarginNs * 7 / 8
-                if learnedMarginNs < 100_000 { learnedMarginNs = 0 }
-            }
-        }
+        if !plan.nft.isEmpty { try commitElements(plan.nft) }
         flush(plan.flushMarksAfter)
         if !plan.flushUnsteered.isEmpty {
             sweeper.add(plan.flushUnsteered.map {
@@ -145,6 +116,89 @@ public final class KernelBackend: EnforcementBackend {
             })
         }
         try applyTC(plan.tcAfter)
+    }
+
+    /// Commits `changes` in one nftables transaction with kernel timeouts that end every added
+    /// element at or before its lease's deadline.
+    ///
+    /// The kernel starts an element's timeout when it processes it, a little after the clock
+    /// reading the timeout was computed from: the margin (1 ms + 5 µs per change, plus what slow
+    /// transactions taught) covers that. A transaction that took longer than its margin (the
+    /// agent's thread descheduled between the clock reading and the kernel, on a loaded node)
+    /// may have left its elements up to the difference past their deadlines: its added elements
+    /// are then re-timed at once, each removed and added again with a fresh timeout in one more
+    /// transaction (repeated while that one is slow too, at most 3 times), so that the kernel's
+    /// timeouts still end them on time should the agent die right after. A re-timed element
+    /// restarts its counters, which the evidence exporter detects.
+    func commitElements(_ changes: [NFTChange]) throws(EnforcementError) {
+        var late = try commitTimed(changes, retime: false)
+        var round = 0
+        while late, round < 3 {
+            round += 1
+            let added = changes.filter {
+                switch $0 {
+                case .addSteer, .addAnchor, .addQoS: return true
+                case .deleteSteer, .deleteAnchor, .deleteQoS: return false
+                }
+            }
+            guard !added.isEmpty else { return }
+            do {
+                late = try commitTimed(added, retime: true)
+            } catch {
+                // The first transaction stands: its elements are what the lease table wants,
+                // with timeouts at most `took - margin` long, and the agent's timer removes them
+                // at their deadlines.
+                logger.warning("could not re-time the elements of a slow nftables transaction", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+    }
+
+    /// One transaction of `changes` (`retime`: each added element removed and added again);
+    /// whether it took longer than its timeout margin. Learns the margin from how long it took.
+    func commitTimed(_ changes: [NFTChange], retime: Bool) throws(EnforcementError) -> Bool {
+        let start = SystemClock.boot()
+        let baseMargin = 1_000_000 + 5_000 * UInt64(changes.count * (retime ? 2 : 1))
+        let margin = baseMargin + learnedMarginNs
+        let now = start.adding(nanoseconds: margin)
+        let tx = NFTTransaction()
+        for change in changes {
+            switch change {
+            case .addSteer(let c, let mark, let d):
+                if retime { tx.removeSteering(Self.key(c), mark: mark) }
+                addSteer(tx, c, mark, d, now)
+            case .deleteSteer(let c, let mark): tx.removeSteering(Self.key(c), mark: mark)
+            case .addAnchor(let m, let a, let p, let d):
+                if retime { tx.removeAnchor(mark: m, address: a, port: p) }
+                addAnchor(tx, m, a, p, d, now)
+            case .deleteAnchor(let m, let a, let p): tx.removeAnchor(mark: m, address: a, port: p)
+            case .addQoS(let m, let cid, let d):
+                if retime { tx.removeQoS(mark: m, classid: cid) }
+                addQoS(tx, m, cid, d, now)
+            case .deleteQoS(let m, let cid): tx.removeQoS(mark: m, classid: cid)
+            }
+        }
+        if !injectedCommitDelaysNs.isEmpty {
+            let delay = injectedCommitDelaysNs.removeFirst()
+            usleep(useconds_t(delay / 1000))
+        }
+        try commit(tx, retime ? "re-timing \(changes.count) elements of a slow nftables transaction"
+                              : "nftables transaction (\(changes.count) changes)")
+        // Clock reading to ACK bounds how late the kernel started the timeouts.
+        let took = start.nanoseconds(until: SystemClock.boot())
+        if took > margin {
+            let needed = min(Self.maxLearnedMarginNs, took - baseMargin)
+            logger.warning("nftables transaction took longer than its timeout margin: re-timing its elements; widening the margin",
+                           metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)", "retime": "\(retime)",
+                                      "new_margin_us": "\((baseMargin + max(learnedMarginNs, needed)) / 1000)"])
+            learnedMarginNs = max(learnedMarginNs, needed)
+            return true
+        }
+        if learnedMarginNs > 0 && took * 4 < margin {
+            learnedMarginNs = learnedMarginNs * 7 / 8
+            if learnedMarginNs < 100_000 { learnedMarginNs = 0 }
+        }
+        return false
     }
 
     public func observe() throws(EnforcementError) -> KernelState {

@@ -129,6 +129,49 @@ import Testing
         #expect(lab.nftElementCount() == 0)
     }
 
+    /// A transaction the kernel took late (the agent's thread descheduled between its clock
+    /// reading and the commit; injected here) does not leave its elements outliving the lease:
+    /// they are re-timed at once, so the kernel's timeouts alone (agent dead) end them by the
+    /// deadline. Steering goes on meanwhile.
+    /// (Second case: the re-timing transaction is slow as well, and is itself re-timed.)
+    @Test(arguments: [[80_000_000], [80_000_000, 40_000_000]] as [[UInt64]])
+    func aSlowTransactionsElementsAreRetimedToEndByTheDeadline(delays: [UInt64]) async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let agent = try await LiveAgent(lab: lab, backendSetup: { $0.injectedCommitDelaysNs = delays })
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/S", json: labLease("S", ttlMs: 5000)).0 == 201)
+        let deadline = try #require(await agent.service.lease("S")).deadline
+        let readAt = SystemClock.boot()
+        // (`nft -j` gives whole seconds; the text form gives milliseconds: "expires 4s912ms".)
+        let text = try lab.exec("enforce", ["nft", "list", "table", "inet", "aipaging"])
+        let expires = text.matches(of: /expires ((?:\d+[dhms]+)+)/).map { Self.durationMs(String($0.1)) }
+        #expect(expires.count == 4, "steering, anchor and two qos elements: \(text)")
+        for e in expires {
+            // The kernel's ms and its 4 ms tick: 5 ms of slack; unre-timed they would end 79 ms late.
+            let end = readAt.adding(milliseconds: UInt64(e))
+            #expect(end.nanoseconds <= deadline.nanoseconds + 5_000_000,
+                    "an element ends \((Int64(end.nanoseconds) - Int64(deadline.nanoseconds)) / 1_000_000) ms after the lease's deadline")
+        }
+        #expect(lab.probe(vip(false), count: 2) == ["edge-1", "edge-1"])
+    }
+
+    /// Milliseconds of an nft duration such as `1m4s912ms`.
+    static func durationMs(_ s: String) -> Int64 {
+        var total: Int64 = 0
+        for m in s.matches(of: /(\d+)(ms|d|h|m|s)/) {
+            let n = Int64(m.1)!
+            switch m.2 {
+            case "ms": total += n
+            case "s": total += n * 1000
+            case "m": total += n * 60_000
+            case "h": total += n * 3_600_000
+            default: total += n * 86_400_000
+            }
+        }
+        return total
+    }
+
     /// A lease whose kernel install fails is refused with a cause and leaves nothing behind;
     /// the leases already there keep working.
     @Test func failedInstallLeavesNoPartialState() async throws {

@@ -22,7 +22,8 @@ final class LiveAgent: Sendable {
 
     /// `stateDir`: reuse a state dir (a restart); otherwise a fresh temporary one.
     init(lab: ScriptLab, policy: Policy = .lab, capacityKbit: UInt64 = 100_000, flushOnExit: Bool = true,
-         stateDir: String? = nil, keepDir: Bool = false, configure: (inout AgentConfig) -> Void = { _ in }) async throws {
+         stateDir: String? = nil, keepDir: Bool = false, configure: (inout AgentConfig) -> Void = { _ in },
+         backendSetup: (KernelBackend) -> Void = { _ in }) async throws {
         self.lab = lab
         self.keepDir = keepDir
         dir = stateDir ?? NSTemporaryDirectory() + "aipaging-live-\(UUID().uuidString.prefix(8))"
@@ -37,6 +38,7 @@ final class LiveAgent: Sendable {
         var logger = Logger(label: "live")
         logger.logLevel = .warning
         let backend = try KernelBackend(point: point, logger: logger)
+        backendSetup(backend)
         runtime = AgentRuntime(config: cfg, policy: policy, points: [point], backends: ["ep": backend], logger: logger)
         let socket = try ListeningSocket.bind(path: socketPath)
         let (ready, readyCont) = AsyncStream<Void>.makeStream()
