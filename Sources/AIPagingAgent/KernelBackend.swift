@@ -28,6 +28,10 @@ public final class KernelBackend: EnforcementBackend {
     /// (it must stay within the resync's early tolerance) and decaying when transactions are fast.
     var learnedMarginNs: UInt64 = 0
     static let maxLearnedMarginNs: UInt64 = 15_000_000
+    /// The re-timing budget (see `commitElements`): time spent re-timing since `retimeBudgetStart`.
+    var retimeBudgetStart = BootInstant(nanoseconds: 0)
+    var retimeSpentNs: UInt64 = 0
+    var retimesSkipped = 0
     /// For tests: delays (ns) put between the clock reading and the commit of the next
     /// nftables transactions of `apply`, one per transaction, as a descheduled thread would.
     public var injectedCommitDelaysNs: [UInt64] = []
@@ -127,39 +131,56 @@ public final class KernelBackend: EnforcementBackend {
     /// agent's thread descheduled between the clock reading and the kernel, on a loaded node)
     /// may have left its elements up to the difference past their deadlines: its added elements
     /// are then re-timed at once, each removed and added again with a fresh timeout in one more
-    /// transaction (repeated while that one is slow too, at most 3 times), so that the kernel's
-    /// timeouts still end them on time should the agent die right after. A re-timed element
-    /// restarts its counters, which the evidence exporter detects.
+    /// transaction whose margin is twice what the slow one took (so they end early by at most
+    /// that, rather than late), so that the kernel's timeouts alone end them on time should the
+    /// agent die right after. Re-timing spends at most a fifth of each second: on a node so
+    /// overloaded that most transactions are slow it would only add to the load, and the
+    /// agent's timer still removes every element at its deadline while the agent lives. A
+    /// re-timed element restarts its counters, which the evidence exporter detects.
     func commitElements(_ changes: [NFTChange]) throws(EnforcementError) {
-        var late = try commitTimed(changes, retime: false)
-        var round = 0
-        while late, round < 3 {
-            round += 1
-            let added = changes.filter {
-                switch $0 {
-                case .addSteer, .addAnchor, .addQoS: return true
-                case .deleteSteer, .deleteAnchor, .deleteQoS: return false
-                }
+        let t0 = SystemClock.boot()
+        let (took, margin) = try commitTimed(changes, margin: nil)
+        guard took > margin else { return }
+        let added = changes.filter {
+            switch $0 {
+            case .addSteer, .addAnchor, .addQoS: return true
+            case .deleteSteer, .deleteAnchor, .deleteQoS: return false
             }
-            guard !added.isEmpty else { return }
-            do {
-                late = try commitTimed(added, retime: true)
-            } catch {
-                // The first transaction stands: its elements are what the lease table wants,
-                // with timeouts at most `took - margin` long, and the agent's timer removes them
-                // at their deadlines.
-                logger.warning("could not re-time the elements of a slow nftables transaction", metadata: ["error": "\(error)"])
-                return
+        }
+        guard !added.isEmpty else { return }
+        let now = SystemClock.boot()
+        if t0.nanoseconds >= retimeBudgetStart.nanoseconds + 1_000_000_000 {
+            retimeBudgetStart = t0
+            retimeSpentNs = 0
+        }
+        guard retimeSpentNs < 200_000_000 else {
+            retimesSkipped += 1
+            logger.warning("nftables transaction took longer than its timeout margin and the re-timing budget is spent: its elements may outlive their leases by up to the difference if the agent dies before their deadlines",
+                           metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)", "skipped": "\(retimesSkipped)"])
+            return
+        }
+        do {
+            let (took2, margin2) = try commitTimed(added, margin: min(2 * took, 500_000_000))
+            retimeSpentNs += now.nanoseconds(until: SystemClock.boot())
+            if took2 > margin2 {
+                logger.warning("re-timing a slow nftables transaction's elements was slow too: they may outlive their leases by up to the difference if the agent dies before their deadlines",
+                               metadata: ["took_us": "\(took2 / 1000)", "margin_us": "\(margin2 / 1000)"])
             }
+        } catch {
+            // The first transaction stands: its elements are what the lease table wants, and the
+            // agent's timer removes them at their deadlines.
+            logger.warning("could not re-time the elements of a slow nftables transaction", metadata: ["error": "\(error)"])
         }
     }
 
-    /// One transaction of `changes` (`retime`: each added element removed and added again);
-    /// whether it took longer than its timeout margin. Learns the margin from how long it took.
-    func commitTimed(_ changes: [NFTChange], retime: Bool) throws(EnforcementError) -> Bool {
+    /// One transaction of `changes`; `margin` nil: a first transaction, with the learned margin
+    /// (which it updates from how long it took); otherwise a re-timing with that margin, each added
+    /// element removed and added again. Returns how long it took and its margin.
+    func commitTimed(_ changes: [NFTChange], margin retimeMargin: UInt64?) throws(EnforcementError) -> (took: UInt64, margin: UInt64) {
+        let retime = retimeMargin != nil
         let start = SystemClock.boot()
-        let baseMargin = 1_000_000 + 5_000 * UInt64(changes.count * (retime ? 2 : 1))
-        let margin = baseMargin + learnedMarginNs
+        let baseMargin = 1_000_000 + 5_000 * UInt64(changes.count * (retime ? 3 : 1))
+        let margin = baseMargin + (retimeMargin ?? learnedMarginNs)
         let now = start.adding(nanoseconds: margin)
         let tx = NFTTransaction()
         for change in changes {
@@ -186,19 +207,18 @@ public final class KernelBackend: EnforcementBackend {
                               : "nftables transaction (\(changes.count) changes)")
         // Clock reading to ACK bounds how late the kernel started the timeouts.
         let took = start.nanoseconds(until: SystemClock.boot())
+        guard !retime else { return (took, margin) }
         if took > margin {
             let needed = min(Self.maxLearnedMarginNs, took - baseMargin)
             logger.warning("nftables transaction took longer than its timeout margin: re-timing its elements; widening the margin",
-                           metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)", "retime": "\(retime)",
+                           metadata: ["took_us": "\(took / 1000)", "margin_us": "\(margin / 1000)",
                                       "new_margin_us": "\((baseMargin + max(learnedMarginNs, needed)) / 1000)"])
             learnedMarginNs = max(learnedMarginNs, needed)
-            return true
-        }
-        if learnedMarginNs > 0 && took * 4 < margin {
+        } else if learnedMarginNs > 0 && took * 4 < margin {
             learnedMarginNs = learnedMarginNs * 7 / 8
             if learnedMarginNs < 100_000 { learnedMarginNs = 0 }
         }
-        return false
+        return (took, margin)
     }
 
     public func observe() throws(EnforcementError) -> KernelState {

@@ -137,6 +137,38 @@ final class ExporterLoop {
         var reset = false
     }
 
+    /// The counters of a session's open windows. One or two are open at a time: they are held
+    /// inline (an array per session would be one more heap block per live lease); more, which a
+    /// late loop could leave, spill into an array.
+    struct OpenWindows {
+        private var a: WindowCounters?
+        private var b: WindowCounters?
+        private var spill: [WindowCounters] = []
+
+        /// Applies `body` to the counters of `window` (opened if needed).
+        mutating func update(_ window: Int64, _ body: (inout WindowCounters) -> Void) {
+            if a?.window == window { body(&a!); return }
+            if b?.window == window { body(&b!); return }
+            if let i = spill.firstIndex(where: { $0.window == window }) { body(&spill[i]); return }
+            var w = WindowCounters(window: window)
+            body(&w)
+            if a == nil { a = w } else if b == nil { b = w } else { spill.append(w) }
+        }
+
+        mutating func take(_ window: Int64) -> WindowCounters? {
+            if let x = a, x.window == window { a = nil; return x }
+            if let x = b, x.window == window { b = nil; return x }
+            guard let i = spill.firstIndex(where: { $0.window == window }) else { return nil }
+            return spill.remove(at: i)
+        }
+
+        mutating func removeAll(before window: Int64) {
+            if let x = a, x.window < window { a = nil }
+            if let x = b, x.window < window { b = nil }
+            if !spill.isEmpty { spill.removeAll { $0.window < window } }
+        }
+    }
+
     /// What a session needs of its lease (a whole `Lease` is several times larger, and there is
     /// one session per live lease).
     struct LeaseFacts {
@@ -186,21 +218,8 @@ final class ExporterLoop {
         var last = FlowCounters()
         var haveBaseline = false
         /// Per open window: the counter delta, when it was read, whether the counters restarted.
-        /// (One or two windows are open at a time: a small array, not three dictionaries.)
-        var windows: [WindowCounters] = []
+        var windows = OpenWindows()
         var preExpiryDone = false
-
-        /// Where the counters of `window` are in `windows` (opened if needed).
-        func counterWindow(_ window: Int64) -> Int {
-            if let i = windows.firstIndex(where: { $0.window == window }) { return i }
-            windows.append(WindowCounters(window: window))
-            return windows.count - 1
-        }
-
-        func takeCounterWindow(_ window: Int64) -> WindowCounters? {
-            guard let i = windows.firstIndex(where: { $0.window == window }) else { return nil }
-            return windows.remove(at: i)
-        }
 
         init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
             self.lease = LeaseFacts(lease)
@@ -642,7 +661,7 @@ final class ExporterLoop {
                     || c.originalBytes < s.last.originalBytes || c.replyBytes < s.last.replyBytes {
                     // The elements were replaced (renewal by delete+add): the counters restarted at 0.
                     d = c
-                    s.windows[s.counterWindow(window)].reset = true
+                    s.windows.update(window) { $0.reset = true }
                 } else {
                     d.originalPackets = c.originalPackets - s.last.originalPackets
                     d.originalBytes = c.originalBytes - s.last.originalBytes
@@ -651,14 +670,13 @@ final class ExporterLoop {
                 }
                 s.last = c
                 s.haveBaseline = true
-                let wi = s.counterWindow(window)
-                var acc = s.windows[wi].delta
-                acc.originalPackets += d.originalPackets
-                acc.originalBytes += d.originalBytes
-                acc.replyPackets += d.replyPackets
-                acc.replyBytes += d.replyBytes
-                s.windows[wi].delta = acc
-                s.windows[wi].asOf = now
+                s.windows.update(window) { w in
+                    w.delta.originalPackets += d.originalPackets
+                    w.delta.originalBytes += d.originalBytes
+                    w.delta.replyPackets += d.replyPackets
+                    w.delta.replyBytes += d.replyBytes
+                    w.asOf = now
+                }
             }
         }
         owner.stats.withLock { $0.counterReads += 1 }
@@ -763,7 +781,7 @@ final class ExporterLoop {
         if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
         f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
         if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
-            let taken = s.takeCounterWindow(w)
+            let taken = s.windows.take(w)
             let d = taken?.delta ?? FlowCounters()
             var flow = JSON.Object()
             flow["client_to_anchor"] = ["packets": .int(d.originalPackets), "bytes": .int(d.originalBytes)]
@@ -777,7 +795,7 @@ final class ExporterLoop {
             f["flow"] = .null
         }
         // Older windows' counters that never got a record (none expected) are dropped.
-        s.windows.removeAll { $0.window < w }
+        s.windows.removeAll(before: w)
 
         if s.ssid != 0 || stats.sent > 0 {
             var p = JSON.Object()

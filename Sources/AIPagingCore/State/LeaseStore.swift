@@ -1,12 +1,16 @@
-/// The live leases by id, stored densely: an id -> slot index and an array of slots, so a lease
-/// (several hundred bytes) takes one slot instead of a hash bucket. A Swift dictionary keeps at
+/// The live leases by id, stored densely: an id -> slot index and slots in fixed-size chunks, so a
+/// lease (several hundred bytes) takes one slot instead of a hash bucket. A Swift dictionary keeps at
 /// most 3/4 of its buckets full and doubles, so past 98 304 leases it would hold 262 144 lease-sized
-/// buckets; here the buckets hold only a 4-byte slot number. Freed slots are reused (the slot
-/// array, like a dictionary, does not shrink while leases remain).
+/// buckets; here the buckets hold only a 4-byte slot number. Chunks of 512 slots, rather than one
+/// array, grow without a doubling's overshoot (up to 2x) and without copying every lease when they
+/// do. Freed slots are reused (the chunks, like a dictionary, do not shrink while leases remain).
 public struct LeaseStore: Sendable, Equatable {
     private var index: [LeaseID: Int32] = [:]
-    private var slots: [Lease?] = []
+    private var chunks: [[Lease?]] = []
+    private var slotCount: Int32 = 0
     private var free: [Int32] = []
+    static let chunkShift = 9
+    static let chunkMask = Int32(1 << chunkShift - 1)
 
     public init() {}
 
@@ -15,22 +19,32 @@ public struct LeaseStore: Sendable, Equatable {
     public var keys: Dictionary<LeaseID, Int32>.Keys { index.keys }
 
     /// Every lease, in slot order.
-    public var values: LazyMapSequence<LazyFilterSequence<LazyMapSequence<[Lease?], Lease?>>, Lease> {
-        slots.lazy.compactMap { $0 }
+    public var values: LazyMapSequence<LazyFilterSequence<LazyMapSequence<FlattenSequence<[[Lease?]]>, Lease?>>, Lease> {
+        chunks.joined().lazy.compactMap { $0 }
+    }
+
+    private subscript(slot i: Int32) -> Lease? {
+        get { chunks[Int(i >> Self.chunkShift)][Int(i & Self.chunkMask)] }
+        set { chunks[Int(i >> Self.chunkShift)][Int(i & Self.chunkMask)] = newValue }
     }
 
     public subscript(id: LeaseID) -> Lease? {
-        get { index[id].flatMap { slots[Int($0)] } }
+        get { index[id].flatMap { self[slot: $0] } }
         set {
             if let newValue {
                 if let i = index[id] {
-                    slots[Int(i)] = newValue
+                    self[slot: i] = newValue
                 } else if let i = free.popLast() {
-                    slots[Int(i)] = newValue
+                    self[slot: i] = newValue
                     index[id] = i
                 } else {
-                    index[id] = Int32(slots.count)
-                    slots.append(newValue)
+                    let i = slotCount
+                    if Int(i >> Self.chunkShift) == chunks.count {
+                        chunks.append(Array(repeating: nil, count: 1 << Self.chunkShift))
+                    }
+                    slotCount += 1
+                    self[slot: i] = newValue
+                    index[id] = i
                 }
             } else {
                 _ = removeValue(forKey: id)
@@ -41,10 +55,11 @@ public struct LeaseStore: Sendable, Equatable {
     @discardableResult
     public mutating func removeValue(forKey id: LeaseID) -> Lease? {
         guard let i = index.removeValue(forKey: id) else { return nil }
-        let old = slots[Int(i)]
-        slots[Int(i)] = nil
+        let old = self[slot: i]
+        self[slot: i] = nil
         if index.isEmpty {
-            slots.removeAll(keepingCapacity: true)
+            chunks.removeAll()
+            slotCount = 0
             free.removeAll(keepingCapacity: true)
         } else {
             free.append(i)
@@ -55,7 +70,7 @@ public struct LeaseStore: Sendable, Equatable {
     /// Equal when they hold the same leases under the same ids (wherever their slots are).
     public static func == (a: LeaseStore, b: LeaseStore) -> Bool {
         guard a.count == b.count else { return false }
-        for (id, i) in a.index { guard let l = a.slots[Int(i)], b[id] == l else { return false } }
+        for (id, i) in a.index { guard let l = a[slot: i], b[id] == l else { return false } }
         return true
     }
 }
