@@ -759,6 +759,9 @@ final class ExporterLoop {
             if poll(&pfds, nfds_t(pfds.count), 50) <= 0 { break }
             for (i, g) in groups.enumerated() where pfds[i].revents != 0 { receive(g) }
         }
+        // Handed to the log in chunks, each once the log has written most of the previous ones:
+        // sessions that fell behind (a writer starved while admissions kept a core busy) can owe
+        // many windows each, and all of them at once would be gigabytes at 100 000 leases.
         var records: [EVIRecord] = []
         for s in sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) {
             if s.endNs == nil {
@@ -766,6 +769,20 @@ final class ExporterLoop {
                 s.endKind = nil
             }
             records += finalRecords(s, end: s.endNs!)
+            if records.count >= finalizeChunk {
+                // (Not forever: a writer that makes no progress for 5 s, stuck on its disk, gets
+                // the rest queued.)
+                var stalled = 0
+                var last = owner.log.backlog
+                while last >= 4 * finalizeChunk && stalled < 2_500 {
+                    usleep(2_000)
+                    let b = owner.log.backlog
+                    stalled = b < last ? 0 : stalled + 1
+                    last = b
+                }
+                owner.log.append(records)
+                records.removeAll(keepingCapacity: true)
+            }
         }
         owner.log.append(records)
     }
