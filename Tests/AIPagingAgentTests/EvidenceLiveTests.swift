@@ -175,6 +175,46 @@ import Testing
     /// Every lifecycle event and every window of every lease has its record (IPv4 and IPv6,
     /// relocation, drain, expiry, revoke); the chain survives a restart and verifies, and an
     /// edited, deleted or cut record makes `aipagingctl evidence verify` fail and say where.
+    /// An exporter that fell several windows behind (its thread starved) catches up with one
+    /// record per lease covering every window it owes: the records still tile the lease's life,
+    /// the coalesced one says how many windows it covers, and its counters hold the traffic of
+    /// all of them.
+    @Test func aStarvedExporterCoalescesTheWindowsItOwes() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let dir = NSTemporaryDirectory() + "aipaging-evi-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let agent = try await LiveAgent(lab: lab, stateDir: dir, configure: { c in
+            c.evidence.windowMs = 500
+            c.evidence.probeIntervalMs = 0
+            c.evidence.probeTimeoutMs = 200
+        })
+        #expect(try await agent.call("PUT", "/v1/leases/S", json: labLease("S", ttlMs: 20_000)).0 == 201)
+        try await Task.sleep(for: .milliseconds(700))
+        let exporter = try #require(agent.runtime.evidence.exporter)
+        exporter.stallForTesting(milliseconds: 2200)   // more than four windows
+        let sent = lab.probe(vip(false), count: 20).filter { $0 == "edge-1" }.count
+        try await Task.sleep(for: .milliseconds(2600))
+        #expect(try await agent.call("DELETE", "/v1/leases/S").0 == 200)
+        try await Task.sleep(for: .milliseconds(800))
+        let all = try await records(agent, "")
+        await agent.stop()
+        let ws = all.filter { $0["kind"]?.stringValue == "window" && $0["lease_id"]?.stringValue == "S" }
+        let starts = ws.compactMap { $0["window"]?["start"]?.stringValue.flatMap(WallTime.init(rfc3339:)) }
+        let ends = ws.compactMap { $0["window"]?["end"]?.stringValue.flatMap(WallTime.init(rfc3339:)) }
+        #expect(starts.count == ws.count && ends.count == ws.count && ws.count >= 3)
+        #expect(ws.last?["event"]?.stringValue == "final" && ws.dropLast().allSatisfy { $0["event"] == nil })
+        for i in 1..<max(1, min(starts.count, ends.count)) { #expect(starts[i] == ends[i - 1], "window \(i) does not follow on") }
+        let coalesced = ws.compactMap { $0["window"]?["coalesced_windows"]?.int64Value }
+        #expect(coalesced.contains { $0 >= 3 }, "no record covers the windows owed: \(ws.map { $0["window"]?.serialized() ?? "-" })")
+        // Nothing counted is lost: the records' client-to-anchor packets add up to what was sent.
+        let packets = ws.compactMap { $0["flow"]?["client_to_anchor"]?["packets"]?.int64Value }.reduce(0, +)
+        #expect(sent == 20 && packets >= Int64(sent), "sent \(sent), counted \(packets)")
+        // Fewer records than windows of life.
+        let lifeMs = (ends.last!.nanosecondsSinceEpoch - starts.first!.nanosecondsSinceEpoch) / 1_000_000
+        #expect(Int64(ws.count) < lifeMs / 500, "\(ws.count) records for \(lifeMs) ms")
+    }
+
     @Test func recordsForEveryWindowAndEventAndTamperingIsFound() async throws {
         let lab = try ScriptLab()
         defer { lab.destroy() }

@@ -135,41 +135,55 @@ import Testing
         }
         driver.start()
         sampler.start()
-        try await Task.sleep(for: .milliseconds(2000))
-        // Kill only once the stream has acknowledged enough leases that outlive the outage.
-        // (CI runs this next to other suites on 2 cores: the stream and the restart can be slow.)
-        for _ in 0..<200 {
-            let (acked, outliving) = sent.withLock { s in
-                let a = s.filter { $0.status == 201 && ($0.expiresMs ?? 0) > Self.nowMs() + 2000 }
-                let superseded = Set(s.compactMap(\.relocatedFrom))
-                return (a.count, a.filter {
-                    ($0.expiresMs ?? 0) > Self.nowMs() + 9000 && $0.revokeSentMs == nil && !superseded.contains($0.id)
-                }.count)
-            }
-            if acked >= 10 && outliving >= 3 { break }
-            try await Task.sleep(for: .milliseconds(100))
+        // The timeline runs on a thread of its own: in a full test run the cooperative pool's
+        // two threads can be held for seconds by other suites' blocking calls, and sleeps on it
+        // then stretch until every lease has expired.
+        struct Timeline: Sendable {
+            var killedAt: Int64 = 0, restartedAt: Int64 = 0, readyAt: Int64 = 0, now: Int64 = 0
+            var listBefore: Int64 = 0, listAfter: Int64 = 0
+            var kernelNow: [String: UInt32] = [:]
+            var listed: UnixHTTPClient.Response? = nil
         }
-        paused.store(true, ordering: .relaxed)
-        let killedAt = Self.nowMs()
-        agent.withLock { p in kill(p!.processIdentifier, SIGKILL); p!.waitUntilExit() }
-        try await Task.sleep(for: .milliseconds(1500))
-        let restartedAt = Self.nowMs()
-        let second = try await offPool { try RestartLiveTests.startAgent(lab, dir: dir) }
-        agent.withLock { $0 = second }
-        paused.store(false, ordering: .relaxed)
-        let readyAt = Self.nowMs()
-        try await Task.sleep(for: .milliseconds(1500))
-        stop.store(true, ordering: .relaxed)
-        try await Task.sleep(for: .milliseconds(200))
-
+        let tl = try await offPool { () throws -> Timeline in
+            var tl = Timeline()
+            Thread.sleep(forTimeInterval: 2)
+            // Kill only once the stream has acknowledged enough leases that outlive the outage.
+            for _ in 0..<200 {
+                let (acked, outliving) = sent.withLock { s in
+                    let a = s.filter { $0.status == 201 && ($0.expiresMs ?? 0) > Self.nowMs() + 2000 }
+                    let superseded = Set(s.compactMap(\.relocatedFrom))
+                    return (a.count, a.filter {
+                        ($0.expiresMs ?? 0) > Self.nowMs() + 9000 && $0.revokeSentMs == nil && !superseded.contains($0.id)
+                    }.count)
+                }
+                if acked >= 10 && outliving >= 3 { break }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            paused.store(true, ordering: .relaxed)
+            tl.killedAt = Self.nowMs()
+            agent.withLock { p in kill(p!.processIdentifier, SIGKILL); p!.waitUntilExit() }
+            Thread.sleep(forTimeInterval: 1.5)
+            tl.restartedAt = Self.nowMs()
+            let second = try RestartLiveTests.startAgent(lab, dir: dir)
+            agent.withLock { $0 = second }
+            paused.store(false, ordering: .relaxed)
+            tl.readyAt = Self.nowMs()
+            Thread.sleep(forTimeInterval: 1.5)
+            stop.store(true, ordering: .relaxed)
+            Thread.sleep(forTimeInterval: 0.2)
+            tl.kernelNow = RestartLiveTests.steering(try lab.exec("enforce", ["nft", "-j", "list", "map", "inet", "aipaging", "lease4"]))
+            tl.now = Self.nowMs()
+            tl.listBefore = Self.nowMs()
+            tl.listed = try UnixHTTPClient(path: socket).request("GET", "/v1/leases")
+            tl.listAfter = Self.nowMs()
+            return tl
+        }
+        let (killedAt, restartedAt, readyAt, now) = (tl.killedAt, tl.restartedAt, tl.readyAt, tl.now)
+        let (listBefore, listAfter, kernelNow) = (tl.listBefore, tl.listAfter, tl.kernelNow)
+        let listed = tl.listed!
         let all = sent.withLock { $0 }
-        let kernelNow = RestartLiveTests.steering(try lab.exec("enforce", ["nft", "-j", "list", "map", "inet", "aipaging", "lease4"]))
-        let now = Self.nowMs()
         // 1. Every lease acknowledged before the kill that is still valid is back, in the agent
         //    and in the kernel, with its remaining time.
-        let listBefore = Self.nowMs()
-        let listed = try await offPool { try UnixHTTPClient(path: socket).request("GET", "/v1/leases") }
-        let listAfter = Self.nowMs()
         let leases = (try JSON.parse(listed.body))["leases"]?.arrayValue ?? []
         let byID = Dictionary(uniqueKeysWithValues: leases.compactMap { l in l["lease_id"]?.stringValue.map { ($0, l) } })
         let superseded = Set(all.compactMap(\.relocatedFrom))

@@ -31,6 +31,8 @@ public final class EvidenceExporter: Sendable {
     enum Command: Sendable {
         case upsert(Lease)
         case end(Lease, LifecycleEvent.Kind, WallTime)
+        /// For tests: the thread stops for that long, as a starved thread would.
+        case stall(milliseconds: Int)
     }
 
     struct Inbox: Sendable {
@@ -107,6 +109,12 @@ public final class EvidenceExporter: Sendable {
             return wasEmpty
         }
         if signal { _ = aip_eventfd_signal(wakeFD) }
+    }
+
+    /// For tests: stops the measurement thread for `milliseconds` (a thread starved on a busy node).
+    public func stallForTesting(milliseconds: Int) {
+        inbox.withLock { $0.commands.append(.stall(milliseconds: milliseconds)) }
+        _ = aip_eventfd_signal(wakeFD)
     }
 
     /// Ends measurement: every live lease gets its last (partial) window record; blocks until the
@@ -399,6 +407,7 @@ final class ExporterLoop {
             switch c {
             case .upsert(let lease): upsert(lease, now: now)
             case .end(let lease, let kind, let at): end(lease, kind, at: at.nanosecondsSinceEpoch, now: now)
+            case .stall(let ms): usleep(useconds_t(ms) * 1000)
             }
         }
         if !cmds.isEmpty { updateProbeStride() }
@@ -695,16 +704,24 @@ final class ExporterLoop {
         var records: [EVIRecord] = []
         let due = pendingFinalize.filter { $0.0 <= now }.map(\.1).sorted()
         pendingFinalize.removeAll { $0.0 <= now }
-        if !due.isEmpty {
+        if let w = due.last {
+            // Behind (the writer could not keep up, e.g. starved while admissions kept the cores
+            // busy)? Then only the newest window is queued: each session's next record covers
+            // every window it still owes up to it (`coalesced_windows`), so records per second,
+            // the queue and the work owed at stop stay bounded however far behind it fell.
             let ordered = sessions.values.sorted(by: { $0.lease.id < $1.lease.id })
-            for w in due { finalizing.append((w, ordered[...])) }
+            if finalizing.isEmpty && due.count == 1 {
+                finalizing.append((w, ordered[...]))
+            } else {
+                finalizing = [(w, ordered[...])]
+            }
         }
         while !finalizing.isEmpty && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
             let w = finalizing[0].window
             while records.count < finalizeChunk, let s = finalizing[0].sessions.popFirst() {
                 guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
-                records.append(windowRecord(s, window: w, final: false))
+                records.append(windowRecord(s, windows: s.emittedThrough + 1...w, final: false))
                 s.emittedThrough = w
             }
             if finalizing[0].sessions.isEmpty { finalizing.removeFirst() }
@@ -723,14 +740,14 @@ final class ExporterLoop {
         }
     }
 
+    /// A session's last records: the windows it still owes before its last one (in one record
+    /// when there are several), then the last window, marked final.
     func finalRecords(_ s: Session, end: Int64) -> [EVIRecord] {
         var out: [EVIRecord] = []
         let last = end / windowNs
-        var w = s.emittedThrough + 1
-        while w <= last {
-            out.append(windowRecord(s, window: w, final: w == last))
-            w += 1
-        }
+        let first = s.emittedThrough + 1
+        if first < last { out.append(windowRecord(s, windows: first...(last - 1), final: false)) }
+        if first <= last { out.append(windowRecord(s, windows: last...last, final: true)) }
         s.emittedThrough = last
         return out
     }
@@ -787,18 +804,35 @@ final class ExporterLoop {
         owner.log.append(records)
     }
 
-    func windowRecord(_ s: Session, window w: Int64, final: Bool) -> EVIRecord {
-        let start = max(w * windowNs, s.startNs)
+    /// The record of `range` (one window, or several a session owed after falling behind).
+    func windowRecord(_ s: Session, windows range: ClosedRange<Int64>, final: Bool) -> EVIRecord {
+        let w = range.upperBound
+        let start = max(range.lowerBound * windowNs, s.startNs)
         let end = final ? min((w + 1) * windowNs, s.endNs ?? (w + 1) * windowNs) : (w + 1) * windowNs
-        let stats = s.ledger.finalize(window: w)
+        var stats = s.ledger.finalize(window: range.lowerBound)
+        for x in range.dropFirst() { stats.merge(s.ledger.finalize(window: x)) }
         var f = JSON.Object()
-        f["window"] = ["start": .string(WallTime(nanosecondsSinceEpoch: start).rfc3339),
-                       "end": .string(WallTime(nanosecondsSinceEpoch: end).rfc3339),
-                       "ms": .int(max(0, (end - start) / 1_000_000))]
+        var window = JSON.Object()
+        window["start"] = .string(WallTime(nanosecondsSinceEpoch: start).rfc3339)
+        window["end"] = .string(WallTime(nanosecondsSinceEpoch: end).rfc3339)
+        window["ms"] = .int(max(0, (end - start) / 1_000_000))
+        if range.count > 1 { window["coalesced_windows"] = .int(range.count) }
+        f["window"] = .object(window)
         if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
         f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
         if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
-            let taken = s.windows.take(w)
+            var taken = s.windows.take(range.lowerBound)
+            for x in range.dropFirst() {
+                guard let t = s.windows.take(x) else { continue }
+                guard var acc = taken else { taken = t; continue }
+                acc.delta.originalPackets += t.delta.originalPackets
+                acc.delta.originalBytes += t.delta.originalBytes
+                acc.delta.replyPackets += t.delta.replyPackets
+                acc.delta.replyBytes += t.delta.replyBytes
+                acc.reset = acc.reset || t.reset
+                acc.asOf = max(acc.asOf, t.asOf)
+                taken = acc
+            }
             let d = taken?.delta ?? FlowCounters()
             var flow = JSON.Object()
             flow["client_to_anchor"] = ["packets": .int(d.originalPackets), "bytes": .int(d.originalBytes)]

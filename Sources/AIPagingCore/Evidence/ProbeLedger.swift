@@ -56,6 +56,20 @@ public struct ProbeLedger: Sendable {
 
         public var lost: Int { lostForward + lostBackward + lostUnknown }
 
+        /// Adds another window's tallies and delays (for a record that covers several windows).
+        public mutating func merge(_ o: WindowStats) {
+            sent += o.sent
+            received += o.received
+            lostForward += o.lostForward
+            lostBackward += o.lostBackward
+            lostUnknown += o.lostUnknown
+            duplicates += o.duplicates
+            reordered += o.reordered
+            late += o.late
+            delaysNs += o.delaysNs
+            delaySeqs += o.delaySeqs
+        }
+
         /// Mean absolute difference of the two-way delays of consecutive received probes (IPDV,
         /// RFC 5481 §1.2), in ns; nil with fewer than two replies.
         public var jitterNs: Double? {
