@@ -131,8 +131,9 @@ public final class KernelBackend: EnforcementBackend {
     /// agent's thread descheduled between the clock reading and the kernel, on a loaded node)
     /// may have left its elements up to the difference past their deadlines: its added elements
     /// are then re-timed at once, each removed and added again with a fresh timeout in one more
-    /// transaction whose margin is twice what the slow one took (so they end early by at most
-    /// that, rather than late), so that the kernel's timeouts alone end them on time should the
+    /// transaction whose margin is twice what the slow one took, up to the learned margin's cap
+    /// (so they end early by at most that, rather than late, and within the resync's early
+    /// tolerance, which would otherwise replace them again and restart their counters), so that the kernel's timeouts alone end them on time should the
     /// agent die right after. Re-timing spends at most a fifth of each second: on a node so
     /// overloaded that most transactions are slow it would only add to the load, and the
     /// agent's timer still removes every element at its deadline while the agent lives. A
@@ -160,7 +161,7 @@ public final class KernelBackend: EnforcementBackend {
             return
         }
         do {
-            let (took2, margin2) = try commitTimed(added, margin: min(2 * took, 500_000_000))
+            let (took2, margin2) = try commitTimed(added, margin: min(2 * took, Self.maxLearnedMarginNs))
             retimeSpentNs += now.nanoseconds(until: SystemClock.boot())
             if took2 > margin2 {
                 logger.warning("re-timing a slow nftables transaction's elements was slow too: they may outlive their leases by up to the difference if the agent dies before their deadlines",

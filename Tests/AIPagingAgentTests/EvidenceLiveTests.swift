@@ -74,7 +74,7 @@ import Testing
         let upPackets = windows.reduce(0) { $0 + Int($1["flow"]?["client_to_anchor"]?["packets"]?.int64Value ?? 0) }
         let downPackets = windows.reduce(0) { $0 + Int($1["flow"]?["anchor_to_client"]?["packets"]?.int64Value ?? 0) }
         let answered = requests.filter { $0.1 == "edge-1" }.count
-        #expect(upPackets == requests.count, "client->anchor packets \(upPackets), requests \(requests.count)")
+        #expect(upPackets == requests.count, "client->anchor packets \(upPackets), requests \(requests.count); windows: \(windows.map { "\($0["window"]?.serialized() ?? "-") \($0["flow"]?.serialized() ?? "-")" })")
         #expect(downPackets >= answered && downPackets <= requests.count, "anchor->client packets \(downPackets), answered \(answered)")
     }
 
