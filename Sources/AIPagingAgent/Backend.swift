@@ -66,6 +66,13 @@ public struct FlowCounters: Sendable, Equatable {
     public var replyBytes: UInt64 = 0
     public init() {}
 
+    public static func += (a: inout FlowCounters, b: FlowCounters) {
+        a.originalPackets += b.originalPackets
+        a.originalBytes += b.originalBytes
+        a.replyPackets += b.replyPackets
+        a.replyBytes += b.replyBytes
+    }
+
     /// Per lease mark, from one dump of the `qos` map (one element per mark and direction).
     public static func byMark(_ elements: [NFTQoSElement]) -> [UInt32: FlowCounters] {
         var out: [UInt32: FlowCounters] = [:]

@@ -133,13 +133,12 @@ public final class KernelBackend: EnforcementBackend {
     /// are then re-timed at once, each removed and added again with a fresh timeout in one more
     /// transaction whose margin is twice what the slow one took, up to the learned margin's cap
     /// (so they end early by at most that, rather than late, and within the resync's early
-    /// tolerance, which would otherwise replace them again and restart their counters), so that the kernel's timeouts alone end them on time should the
-    /// agent die right after. Re-timing spends at most a fifth of each second: on a node so
+    /// tolerance, which would otherwise replace them again and restart their counters), so that
+    /// the kernel's timeouts alone end them on time should the agent die right after. Re-timing spends at most a fifth of each second: on a node so
     /// overloaded that most transactions are slow it would only add to the load, and the
     /// agent's timer still removes every element at its deadline while the agent lives. A
     /// re-timed element restarts its counters, which the evidence exporter detects.
     func commitElements(_ changes: [NFTChange]) throws(EnforcementError) {
-        let t0 = SystemClock.boot()
         let (took, margin) = try commitTimed(changes, margin: nil)
         guard took > margin else { return }
         let added = changes.filter {
@@ -150,8 +149,8 @@ public final class KernelBackend: EnforcementBackend {
         }
         guard !added.isEmpty else { return }
         let now = SystemClock.boot()
-        if t0.nanoseconds >= retimeBudgetStart.nanoseconds + 1_000_000_000 {
-            retimeBudgetStart = t0
+        if now.nanoseconds >= retimeBudgetStart.nanoseconds + 1_000_000_000 {
+            retimeBudgetStart = now
             retimeSpentNs = 0
         }
         guard retimeSpentNs < 200_000_000 else {
@@ -162,7 +161,7 @@ public final class KernelBackend: EnforcementBackend {
         }
         do {
             let (took2, margin2) = try commitTimed(added, margin: min(2 * took, Self.maxLearnedMarginNs))
-            retimeSpentNs += now.nanoseconds(until: SystemClock.boot())
+            retimeSpentNs += took2
             if took2 > margin2 {
                 logger.warning("re-timing a slow nftables transaction's elements was slow too: they may outlive their leases by up to the difference if the agent dies before their deadlines",
                                metadata: ["took_us": "\(took2 / 1000)", "margin_us": "\(margin2 / 1000)"])

@@ -145,7 +145,7 @@ import Testing
         let deadline = try #require(await agent.service.lease("S")).deadline
         let readAt = SystemClock.boot()
         // (`nft -j` gives whole seconds; the text form gives milliseconds: "expires 4s912ms".)
-        let text = try lab.exec("enforce", ["nft", "list", "table", "inet", "aipaging"])
+        let text = lab.nftTable()
         let expires = text.matches(of: /expires ((?:\d+[dhms]+)+)/).map { Self.durationMs(String($0.1)) }
         #expect(expires.count == 4, "steering, anchor and two qos elements: \(text)")
         for e in expires {

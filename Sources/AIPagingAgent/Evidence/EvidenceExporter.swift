@@ -143,6 +143,13 @@ final class ExporterLoop {
         var delta = FlowCounters()
         var asOf: Int64 = 0
         var reset = false
+
+        /// Adds a later window's counters (for a record that covers several windows).
+        mutating func merge(_ o: WindowCounters) {
+            delta += o.delta
+            reset = reset || o.reset
+            asOf = max(asOf, o.asOf)
+        }
     }
 
     /// The counters of a session's open windows. One or two are open at a time: they are held
@@ -381,7 +388,7 @@ final class ExporterLoop {
             // Sleep until the next tick (or boundary, counter read, finalization).
             var next = min(nextBoundaryNs, nextCounterReadNs)
             if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
-            if !finalizing.isEmpty { next = min(next, realtimeNanoseconds() + 1_000_000) }
+            if finalizing != nil { next = min(next, realtimeNanoseconds() + 1_000_000) }
             for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
             if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
             let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
@@ -680,10 +687,7 @@ final class ExporterLoop {
                 s.last = c
                 s.haveBaseline = true
                 s.windows.update(window) { w in
-                    w.delta.originalPackets += d.originalPackets
-                    w.delta.originalBytes += d.originalBytes
-                    w.delta.replyPackets += d.replyPackets
-                    w.delta.replyBytes += d.replyBytes
+                    w.delta += d
                     w.asOf = now
                 }
             }
@@ -693,38 +697,34 @@ final class ExporterLoop {
 
     // MARK: windows and records
 
-    /// Windows being written: the window and its sessions (by lease id) still to emit. A window
+    /// The window being written and its sessions (by lease id) still to emit. A window
     /// of 100 000 leases is emitted `finalizeChunk` records per loop turn, and only while the
     /// log's writer keeps up, so the records in memory stay bounded (all at once, they would be
     /// hundreds of MB of short-lived objects every window, and the heap would keep the holes).
-    var finalizing: [(window: Int64, sessions: ArraySlice<Session>)] = []
+    var finalizing: (window: Int64, sessions: ArraySlice<Session>)?
     let finalizeChunk = 2048
 
     func runFinalizations(now: Int64) {
         var records: [EVIRecord] = []
-        let due = pendingFinalize.filter { $0.0 <= now }.map(\.1).sorted()
+        let newestDue = pendingFinalize.filter { $0.0 <= now }.map(\.1).max()
         pendingFinalize.removeAll { $0.0 <= now }
-        if let w = due.last {
+        if let w = newestDue {
             // Behind (the writer could not keep up, e.g. starved while admissions kept the cores
             // busy)? Then only the newest window is queued: each session's next record covers
             // every window it still owes up to it (`coalesced_windows`), so records per second,
             // the queue and the work owed at stop stay bounded however far behind it fell.
-            let ordered = sessions.values.sorted(by: { $0.lease.id < $1.lease.id })
-            if finalizing.isEmpty && due.count == 1 {
-                finalizing.append((w, ordered[...]))
-            } else {
-                finalizing = [(w, ordered[...])]
-            }
+            // (A window still being written is superseded the same way.)
+            finalizing = (w, sessions.values.sorted(by: { $0.lease.id < $1.lease.id })[...])
         }
-        while !finalizing.isEmpty && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
-            let w = finalizing[0].window
-            while records.count < finalizeChunk, let s = finalizing[0].sessions.popFirst() {
+        while finalizing != nil && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
+            let w = finalizing!.window
+            while records.count < finalizeChunk, let s = finalizing!.sessions.popFirst() {
                 guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
                 records.append(windowRecord(s, windows: s.emittedThrough + 1...w, final: false))
                 s.emittedThrough = w
             }
-            if finalizing[0].sessions.isEmpty { finalizing.removeFirst() }
+            if finalizing!.sessions.isEmpty { finalizing = nil }
         }
         let done = ending.filter { ($0.finalizeAtNs ?? .max) <= now }
         if !done.isEmpty {
@@ -821,17 +821,10 @@ final class ExporterLoop {
         if final { f["end_reason"] = .string(s.endKind?.rawValue ?? "agent_stopped") }
         f["qos_class"] = .string("\(s.lease.qosClass.description)@\(s.lease.qosClass.interface)")
         if owner.points.first(where: { $0.name == s.point })?.namespace != nil && io[s.point]?.nft != nil {
-            var taken = s.windows.take(range.lowerBound)
-            for x in range.dropFirst() {
+            var taken: WindowCounters?
+            for x in range {
                 guard let t = s.windows.take(x) else { continue }
-                guard var acc = taken else { taken = t; continue }
-                acc.delta.originalPackets += t.delta.originalPackets
-                acc.delta.originalBytes += t.delta.originalBytes
-                acc.delta.replyPackets += t.delta.replyPackets
-                acc.delta.replyBytes += t.delta.replyBytes
-                acc.reset = acc.reset || t.reset
-                acc.asOf = max(acc.asOf, t.asOf)
-                taken = acc
+                if taken == nil { taken = t } else { taken!.merge(t) }
             }
             let d = taken?.delta ?? FlowCounters()
             var flow = JSON.Object()
