@@ -37,6 +37,35 @@ import AIPagingCore
         }
     }
 
+    /// The streamed counter read sees every qos element of a dump that spans many netlink
+    /// rounds, once per mark and direction, and agrees with the element listing.
+    @Test(.enabled(if: Shell.isRoot))
+    func streamedCounterReadMatchesTheListing() throws {
+        try NFT.withNamespace("ctrs") { _, socket in
+            try NFT.createSchema(socket)
+            let tx = NFTTransaction()
+            for i in 0..<3_000 { tx.addQoS(mark: 0xa100_0000 | UInt32(i + 1), classid: 0x0100_0002, timeoutMs: 60_000) }
+            try socket.commit(tx)
+            var counters = CompactDictionary<UInt32, NFTQoSCounters>()
+            counters[42] = NFTQoSCounters()  // emptied by the read
+            try socket.readQoSCounters(into: &counters)
+            #expect(counters.count == 3_000)
+            #expect(counters.values.allSatisfy { $0.directions == 3 })
+            let listed = try socket.listQoS()
+            #expect(listed.count == 6_000)
+            for e in listed {
+                let c = counters[e.mark]
+                #expect(c != nil)
+                #expect((e.direction == .original ? c?.originalPackets : c?.replyPackets) == e.packets)
+            }
+            let empty = NFTTransaction()
+            for i in 0..<3_000 { empty.deleteQoS(mark: 0xa100_0000 | UInt32(i + 1)) }
+            try socket.commit(empty)
+            try socket.readQoSCounters(into: &counters)
+            #expect(counters.isEmpty)
+        }
+    }
+
     @Test(.enabled(if: Shell.isRoot))
     func deleteRemovesElementsAndMissingDeleteIsNamed() throws {
         try NFT.withNamespace("delete") { _, socket in

@@ -277,7 +277,7 @@ final class ExporterLoop {
         var perPriority: [UInt64: UDPBatchSocket] = [:]
     }
 
-    var sessions: [LeaseID: Session] = [:]
+    var sessions = CompactDictionary<LeaseID, Session>()
     /// The send wheel: the probe interval in `wheel.count` ticks; each probing session sits in
     /// the slot of its phase, so a tick touches only the sessions due in it.
     var wheel: [[Session]]
@@ -289,11 +289,11 @@ final class ExporterLoop {
     /// whose lease moved its deadline or ended are skipped when they surface.
     var preExpiry = DeadlineQueue()
     /// Live sessions per AISI (its metrics are released with the last one).
-    var sessionsPerAISI: [AISI: Int] = [:]
+    var sessionsPerAISI = CompactDictionary<AISI, Int>()
     /// Every probe socket.
     var groups: [ProbeGroup] = []
     /// (point, mark) -> lease id whose counters the mark's elements are.
-    var byMark: [String: [UInt32: LeaseID]] = [:]
+    var byMark: [String: CompactDictionary<UInt32, LeaseID>] = [:]
     var io: [String: PointIO] = [:]
     var perDatagramPriority = true
     var nextBoundaryNs: Int64
@@ -303,6 +303,8 @@ final class ExporterLoop {
     var errorEstimate = STAMPErrorEstimate.systemClock()
     var lastEstimateNs: Int64 = 0
     var sendBuffer: [UInt8] = []
+    /// The last counter dump of a point, by mark (kept: the next read reuses its storage).
+    var counterScratch = CompactDictionary<UInt32, NFTQoSCounters>()
 
     init(_ owner: EvidenceExporter) {
         self.owner = owner
@@ -662,16 +664,19 @@ final class ExporterLoop {
     func readCounters(attributeTo window: Int64, now: Int64) {
         for (name, pio) in io {
             guard let nft = pio.nft, let marks = byMark[name], !marks.isEmpty else { continue }
-            let elements: [NFTQoSElement]
             do {
-                elements = try nft.listQoS()
+                try nft.readQoSCounters(into: &counterScratch)
             } catch {
                 note("reading counters at \(name): \(error)")
                 continue
             }
-            let current = FlowCounters.byMark(elements)
             for (mark, id) in marks {
-                guard let s = sessions[id], let c = current[mark] else { continue }
+                guard let s = sessions[id], let k = counterScratch[mark] else { continue }
+                var c = FlowCounters()
+                c.originalPackets = k.originalPackets
+                c.originalBytes = k.originalBytes
+                c.replyPackets = k.replyPackets
+                c.replyBytes = k.replyBytes
                 var d = FlowCounters()
                 if c.originalPackets < s.last.originalPackets || c.replyPackets < s.last.replyPackets
                     || c.originalBytes < s.last.originalBytes || c.replyBytes < s.last.replyBytes {

@@ -42,13 +42,13 @@ public struct KernelState: Sendable, Equatable {
         /// Capacity the root class `a1:1` is configured with.
         public var capacityKbit: UInt64
         public var groups: [UInt16: Group] = [:]
-        public var leaves: [UInt32: Leaf] = [:]
+        public var leaves = CompactDictionary<UInt32, Leaf>()
         public init(capacityKbit: UInt64) { self.capacityKbit = capacityKbit }
     }
 
-    public var steering: [Classifier: Steer] = [:]
-    public var anchors: [UInt32: AnchorTarget] = [:]
-    public var qos: [UInt32: QoS] = [:]
+    public var steering = CompactDictionary<Classifier, Steer>()
+    public var anchors = CompactDictionary<UInt32, AnchorTarget>()
+    public var qos = CompactDictionary<UInt32, QoS>()
     public var interfaces: [String: Interface] = [:]
     /// For state read back from the kernel: the longest element dump took this long, so element
     /// deadlines (read time + remaining) may be that much early.

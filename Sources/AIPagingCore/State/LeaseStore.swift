@@ -5,7 +5,7 @@
 /// array, grow without a doubling's overshoot (up to 2x) and without copying every lease when they
 /// do. Freed slots are reused (the chunks, like a dictionary, do not shrink while leases remain).
 public struct LeaseStore: Sendable, Equatable {
-    private var index: [LeaseID: Int32] = [:]
+    private var index = CompactDictionary<LeaseID, Int32>()
     private var chunks: [[Lease?]] = []
     private var slotCount: Int32 = 0
     private var free: [Int32] = []
@@ -16,7 +16,7 @@ public struct LeaseStore: Sendable, Equatable {
 
     public var count: Int { index.count }
     public var isEmpty: Bool { index.isEmpty }
-    public var keys: Dictionary<LeaseID, Int32>.Keys { index.keys }
+    public var keys: [LeaseID] { index.keys }
 
     /// Every lease, in slot order.
     public var values: LazyMapSequence<LazyFilterSequence<LazyMapSequence<FlattenSequence<[[Lease?]]>, Lease?>>, Lease> {

@@ -39,9 +39,9 @@ public struct LeaseTable: Sendable {
     /// Per enforcement point indexes.
     public struct PointIndex: Sendable {
         /// Live leases per classifier (at most one owns the steering; others are draining).
-        public internal(set) var byClassifier: [Classifier: LeaseIDs] = [:]
-        public internal(set) var byMark: [UInt32: LeaseID] = [:]
-        public internal(set) var byClass: [QoSClassRef: LeaseID] = [:]
+        public internal(set) var byClassifier = CompactDictionary<Classifier, LeaseIDs>()
+        public internal(set) var byMark = CompactDictionary<UInt32, LeaseID>()
+        public internal(set) var byClass = CompactDictionary<QoSClassRef, LeaseID>()
         public internal(set) var groups: [GroupRef: GroupInfo] = [:]
         /// Groups with a free leaf slot per (interface, priority).
         var openGroups: [InterfacePriority: Set<UInt16>] = [:]

@@ -267,6 +267,17 @@ public struct NFTQoSElement: Sendable, Equatable {
     public var bytes: UInt64
 }
 
+/// Packets and bytes of a lease mark's two `qos` elements (`mark . original`, `mark . reply`).
+public struct NFTQoSCounters: Sendable, Equatable {
+    public var originalPackets: UInt64 = 0
+    public var originalBytes: UInt64 = 0
+    public var replyPackets: UInt64 = 0
+    public var replyBytes: UInt64 = 0
+    /// The directions the dump had an element for (bit 0 original, bit 1 reply).
+    public var directions: UInt8 = 0
+    public init() {}
+}
+
 /// Result of `NFTablesSocket.verifyAIPagingSchema()`.
 public enum NFTSchemaStatus: Sendable, Equatable {
     /// No `inet aipaging` table.
@@ -458,6 +469,9 @@ extension NFTTransaction {
 // MARK: - read-back
 
 extension NFTablesSocket {
+    @inline(__always)
+    private func modifyCounters(_ v: inout NFTQoSCounters, _ body: (inout NFTQoSCounters) -> Void) { body(&v) }
+
     private func malformed(_ set: String, _ count: Int) -> KernelError {
         KernelError("NFT_MSG_GETSETELEM", errno: EBADMSG,
                     detail: "an element of \(set) (\(count) key bytes) does not match schema \(AIPagingNFT.schemaVersion); check verifyAIPagingSchema()")
@@ -507,6 +521,52 @@ extension NFTablesSocket {
                                      packets: e.counter?.packets ?? 0, bytes: e.counter?.bytes ?? 0))
         }
         return out
+    }
+
+    /// Every `qos` element's counter, by lease mark, into `out` (emptied first; its storage is
+    /// reused from one read to the next). The dump is streamed: reading the 200 000 elements of
+    /// 100 000 leases allocates nothing per element (`listQoS()` builds a record per element,
+    /// ~30 MB at that size, every counter interval). A dump that repeats a key (hash resize
+    /// between rounds, see `listRawElements`) is retried.
+    public func readQoSCounters(into out: inout CompactDictionary<UInt32, NFTQoSCounters>) throws(KernelError) {
+        for attempt in 0..<10 {
+            if attempt > 0 { usleep(10_000) }
+            var repeated = false
+            var badKeyLength: Int? = nil
+            try forEachElement(table: AIPagingNFT.tableName, set: AIPagingNFT.qos, family: AIPagingNFT.family, onStart: {
+                out.removeAll(keepingCapacity: true)
+                repeated = false
+                badKeyLength = nil
+            }) { e in
+                var len: UInt32 = 0
+                guard let p = nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_KEY), &len), len == 8,
+                      let dir = NFTConntrackDirection(rawValue: UnsafeRawPointer(p).load(fromByteOffset: 4, as: UInt8.self))
+                else {
+                    badKeyLength = Int(len)
+                    return
+                }
+                let mark = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
+                let c = elementCounter(e) ?? (0, 0)
+                let bit: UInt8 = dir == .original ? 1 : 2
+                // In place (the default subscript yields the stored value).
+                modifyCounters(&out[mark, default: NFTQoSCounters()]) { v in
+                    if v.directions & bit != 0 { repeated = true }
+                    v.directions |= bit
+                    if dir == .original {
+                        v.originalPackets = c.packets
+                        v.originalBytes = c.bytes
+                    } else {
+                        v.replyPackets = c.packets
+                        v.replyBytes = c.bytes
+                    }
+                }
+            }
+            if let badKeyLength { throw malformed(AIPagingNFT.qos, badKeyLength) }
+            if !repeated { return }
+            reorderedDumpRetries += 1
+        }
+        throw KernelError(NFTablesSocket.getName(UInt16(NFT_MSG_GETSETELEM.rawValue)), errno: EAGAIN,
+                          detail: "elements of \(AIPagingNFT.tableName) \(AIPagingNFT.qos) kept being reordered (hash resize) during the dump; retry later")
     }
 
     /// Compares `inet aipaging` with the schema this build creates: table flags and marker,

@@ -120,22 +120,48 @@ extension NFTablesSocket {
 
     private func dumpRawElementsOnce(table: String, set: String, family: UInt8) throws(KernelError) -> [NFTRawElement] {
         var out: [NFTRawElement] = []
+        try forEachElement(table: table, set: set, family: family, onStart: { out.removeAll() }) { e in
+            out.append(NFTRawElement(parsing: e))
+        }
+        return out
+    }
+
+    /// Streams every element of `table`/`set` (one `NFT_MSG_GETSETELEM` dump) to `body`, which
+    /// reads what it needs from the libnftnl element before the next one is parsed; `onStart`
+    /// runs before each attempt of the dump (discard what `body` gathered).
+    func forEachElement(table: String, set: String, family: UInt8, onStart: () -> Void,
+                        _ body: (OpaquePointer) -> Void) throws(KernelError) {
         let request = NftnlSet()
         nftnl_set_set_str(request.raw, UInt16(NFTNL_SET_TABLE.rawValue), table)
         nftnl_set_set_str(request.raw, UInt16(NFTNL_SET_NAME.rawValue), set)
-        try dump(type: UInt16(NFT_MSG_GETSETELEM.rawValue), family: family, what: "elements of \(table) \(set)", onStart: { out.removeAll() }, payload: { nlh in
+        try dump(type: UInt16(NFT_MSG_GETSETELEM.rawValue), family: family, what: "elements of \(table) \(set)", onStart: onStart, payload: { nlh in
             nftnl_set_elems_nlmsg_build_payload(nlh, request.raw)
         }, onMessage: { nlh in
             let s = NftnlSet()
             guard nftnl_set_elems_nlmsg_parse(nlh, s.raw) >= 0 else { return }
             guard let iter = nftnl_set_elems_iter_create(s.raw) else { fatalError("out of memory") }
             defer { nftnl_set_elems_iter_destroy(iter) }
-            while let e = nftnl_set_elems_iter_next(iter) {
-                out.append(NFTRawElement(parsing: e))
-            }
+            while let e = nftnl_set_elems_iter_next(iter) { body(e) }
         })
-        return out
     }
+}
+
+/// The `counter` expression of a parsed libnftnl element (a clone of the set's), if it has one.
+func elementCounter(_ e: OpaquePointer) -> (packets: UInt64, bytes: UInt64)? {
+    // Element expressions: NFTA_SET_ELEM_EXPR or NFTA_SET_ELEM_EXPRESSIONS, both walked by
+    // nftnl_set_elem_expr_foreach.
+    var found: (packets: UInt64, bytes: UInt64)? = nil
+    withUnsafeMutablePointer(to: &found) { ptr in
+        _ = nftnl_set_elem_expr_foreach(e, { expr, ctx in
+            guard let expr, let name = nftnl_expr_get_str(expr, UInt16(NFTNL_EXPR_NAME)),
+                  strcmp(name, "counter") == 0 else { return 0 }
+            ctx!.assumingMemoryBound(to: Optional<(packets: UInt64, bytes: UInt64)>.self).pointee =
+                (nftnl_expr_get_u64(expr, UInt16(NFTNL_EXPR_CTR_PACKETS)),
+                 nftnl_expr_get_u64(expr, UInt16(NFTNL_EXPR_CTR_BYTES)))
+            return 0
+        }, ptr)
+    }
+    return found
 }
 
 extension NFTRawElement {
@@ -152,19 +178,6 @@ extension NFTRawElement {
         data = bytes(Int(NFTNL_SET_ELEM_DATA))
         timeoutMs = isSet(Int(NFTNL_SET_ELEM_TIMEOUT)) ? nftnl_set_elem_get_u64(e, UInt16(NFTNL_SET_ELEM_TIMEOUT)) : nil
         expiresMs = isSet(Int(NFTNL_SET_ELEM_EXPIRATION)) ? nftnl_set_elem_get_u64(e, UInt16(NFTNL_SET_ELEM_EXPIRATION)) : nil
-        // Element expressions (a clone of the set's `counter`): NFTA_SET_ELEM_EXPR or
-        // NFTA_SET_ELEM_EXPRESSIONS, both walked by nftnl_set_elem_expr_foreach.
-        var found: (packets: UInt64, bytes: UInt64)? = nil
-        withUnsafeMutablePointer(to: &found) { ptr in
-            _ = nftnl_set_elem_expr_foreach(e, { expr, ctx in
-                guard let expr, let name = nftnl_expr_get_str(expr, UInt16(NFTNL_EXPR_NAME)),
-                      String(cString: name) == "counter" else { return 0 }
-                ctx!.assumingMemoryBound(to: Optional<(packets: UInt64, bytes: UInt64)>.self).pointee =
-                    (nftnl_expr_get_u64(expr, UInt16(NFTNL_EXPR_CTR_PACKETS)),
-                     nftnl_expr_get_u64(expr, UInt16(NFTNL_EXPR_CTR_BYTES)))
-                return 0
-            }, ptr)
-        }
-        counter = found
+        counter = elementCounter(e)
     }
 }
