@@ -209,38 +209,39 @@ final class ExporterLoop {
     }
 
     final class Session {
+        // (Fields ordered so the small ones fill the padding after wider ones: there is a
+        // session per live lease.)
         var lease: LeaseFacts
-        let point: String
-        let family: IPAddress.Family
         var ssid: UInt16 = 0
+        /// The lease's HTB class (as SO_PRIORITY).
+        var priority: UInt32
+        let point: String
         /// The probe socket the session sends through (nil: not probing).
         var group: ProbeGroup?
-        /// The anchor's address and the lease's HTB class (as SO_PRIORITY), kept here so that a
-        /// probe's send and reply touch no lease fields.
-        let anchor: IPAddress
-        var priority: UInt32
         var ledger: ProbeLedger
         /// Slot of the send wheel (its phase within the probe interval).
         let bucket: Int
-        var removed = false
         let startNs: Int64
-        var endNs: Int64?
-        var endKind: LifecycleEvent.Kind?
-        var finalizeAtNs: Int64?
         /// Windows emitted up to (inclusive).
         var emittedThrough: Int64
         /// Counters as last read (cumulative kernel values) and per-window deltas.
         var last = FlowCounters()
-        var haveBaseline = false
         /// Per open window: the counter delta, when it was read, whether the counters restarted.
         var windows = OpenWindows()
+        var endNs: Int64?
+        var endKind: LifecycleEvent.Kind?
+        var removed = false
+        var haveBaseline = false
         var preExpiryDone = false
+        var finalizeAtNs: Int64?
+
+        /// The anchor probes go to (not stored twice: there is a session per live lease).
+        var anchor: IPAddress { lease.request.anchor.address }
+        var family: IPAddress.Family { anchor.family }
 
         init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
             self.lease = LeaseFacts(lease)
             self.point = point
-            family = lease.request.anchor.address.family
-            anchor = lease.request.anchor.address
             priority = lease.qosClass.classid
             self.ledger = ledger
             self.startNs = startNs
@@ -447,11 +448,14 @@ final class ExporterLoop {
         // probe timeout): a window and a timeout of probes, plus one more timeout and 64 of slack
         // for a late loop (rounded up to a power of two by the ledger).
         let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) + 64
-        let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: settings.probeIntervalMs > 0 ? cap : 1)
+        // A lease that gets no probe session (none configured, or all 65 535 ids taken) keeps
+        // a one-entry ledger.
+        let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: 1)
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
         let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
         if settings.probeIntervalMs > 0, let g = group(point, s.family), let ssid = allocateSSID(g) {
+            s.ledger = ProbeLedger(mode: settings.reflectorMode, capacity: cap)
             s.ssid = ssid
             s.group = g
             g.bySSID[Int(ssid)] = s

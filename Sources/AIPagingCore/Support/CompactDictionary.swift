@@ -5,8 +5,9 @@
 /// most 3/4 of them full, doubling from there, so just past 98 304 entries it holds 262 144
 /// key-and-value buckets (load 0.38). At 100 000 leases the agent's dictionaries keyed by
 /// classifier, mark and class then cost ~900 bytes per lease. Here an entry costs its key and
-/// value once (plus the arrays' growth slack) and 4 bytes per bucket of the position table, which
-/// is kept at most half full: probes are short and the table is ~1 MB at 100 000 entries.
+/// value once (plus at most a quarter of growth slack) and 4 bytes per bucket of the position
+/// table, which is kept at most half full: probes are short and the table is ~1 MB at 100 000
+/// entries.
 ///
 /// `map[k]` copies the value out and back (fine for the small values kept here); `map[k, default:]`
 /// mutates in place.
@@ -148,6 +149,13 @@ public struct CompactDictionary<Key: Hashable, Value> {
 
     private mutating func insertNew(_ key: Key, _ value: Value) {
         if 2 * (_keys.count + 1) > table.count { rehash(bucketsFor(_keys.count + 1)) }
+        if _keys.count == _keys.capacity {
+            // Grow by a quarter rather than Array's doubling: a full doubling leaves up to half
+            // of a 100 000-entry map's key and value storage unused.
+            let n = Swift.max(16, _keys.count + _keys.count / 4)
+            _keys.reserveCapacity(n)
+            _values.reserveCapacity(n)
+        }
         let m = mask
         var b = key.hashValue & m
         while table[b] >= 0 { b = (b + 1) & m }
