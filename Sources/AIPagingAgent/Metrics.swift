@@ -32,7 +32,7 @@ public final class AgentMetrics: Sendable {
     }
     struct AISIState: Sendable {
         var series: [AISI: AISISeries] = [:]
-        var unexported: Set<AISI> = []
+        var unexported = CompactDictionary<AISI, Void>()
     }
     let aisi = Mutex(AISIState())
 
@@ -82,7 +82,7 @@ public final class AgentMetrics: Sendable {
         let series: AISISeries? = aisi.withLock { st in
             if let s = st.series[name] { return s }
             guard st.series.count < maxAISI else {
-                st.unexported.insert(name)
+                st.unexported[name] = ()
                 return nil
             }
             var m: [String: Meter] = [:]
@@ -95,7 +95,7 @@ public final class AgentMetrics: Sendable {
             m["jitter"] = Meter(label: "aipaging_aisi_jitter_seconds", dimensions: [("aisi", name)], factory: factory)
             let s = AISISeries(meters: m)
             st.series[name] = s
-            st.unexported.remove(name)
+            st.unexported[name] = nil
             return s
         }
         guard let series else { return }
@@ -119,7 +119,7 @@ public final class AgentMetrics: Sendable {
     /// The AISI has no live lease any more: its series go away and its slot is free.
     public func releaseAISI(_ name: AISI) {
         let s = aisi.withLock { st -> AISISeries? in
-            st.unexported.remove(name)
+            st.unexported[name] = nil
             return st.series.removeValue(forKey: name)
         }
         for m in s?.meters.values ?? [:].values { m.destroy() }

@@ -76,8 +76,43 @@ public struct LeaseTable: Sendable {
 
     public struct GroupInfo: Sendable, Equatable {
         public var priority: UInt8
-        public var members: [UInt16: LeaseID] = [:]
+        /// The leaf minors in use (the leases are found through `byClass`).
+        public var members = MinorSet()
         public var rateKbit: UInt64 = 0
+    }
+
+    /// A set of 16-bit class minors as a bitmap: a group of 256 leaves takes 40 bytes instead of
+    /// a dictionary of 256 lease ids (~9 kB, ~3.6 MB at 100 000 leases).
+    public struct MinorSet: Sendable, Equatable {
+        private var words: [UInt64] = []
+        public private(set) var count = 0
+        public init() {}
+        public var isEmpty: Bool { count == 0 }
+
+        public func contains(_ minor: UInt16) -> Bool {
+            let w = Int(minor) >> 6
+            return w < words.count && words[w] & (1 << UInt64(minor & 63)) != 0
+        }
+
+        public mutating func insert(_ minor: UInt16) {
+            let w = Int(minor) >> 6
+            if w >= words.count { words += [UInt64](repeating: 0, count: w + 1 - words.count) }
+            let bit: UInt64 = 1 << UInt64(minor & 63)
+            if words[w] & bit == 0 { words[w] |= bit; count += 1 }
+        }
+
+        public mutating func remove(_ minor: UInt16) {
+            let w = Int(minor) >> 6
+            let bit: UInt64 = 1 << UInt64(minor & 63)
+            if w < words.count && words[w] & bit != 0 { words[w] &= ~bit; count -= 1 }
+        }
+
+        /// The smallest minor not in the set, from `start`.
+        public func firstFree(from start: UInt16) -> UInt16 {
+            var m = start
+            while contains(m) { m += 1 }
+            return m
+        }
     }
 
     struct InterfacePriority: Hashable, Sendable {
@@ -187,7 +222,7 @@ public struct LeaseTable: Sendable {
             let g = l.qosClass.group
             // In place (a copy of the group written back would copy its member dictionary).
             if p.groups[g] == nil { p.groups[g] = GroupInfo(priority: l.request.qos.priority) }
-            p.groups[g]!.members[l.qosClass.minor] = l.id
+            p.groups[g]!.members.insert(l.qosClass.minor)
             p.groups[g]!.rateKbit += l.request.qos.rateKbit
             let members = p.groups[g]!.members.count, priority = p.groups[g]!.priority
             p.majorsInUse[g.interface, default: []].insert(g.major)
@@ -210,7 +245,7 @@ public struct LeaseTable: Sendable {
             if p.byClass[l.qosClass] == l.id { p.byClass[l.qosClass] = nil }
             let g = l.qosClass.group
             if p.groups[g] != nil {
-                p.groups[g]!.members[l.qosClass.minor] = nil
+                p.groups[g]!.members.remove(l.qosClass.minor)
                 p.groups[g]!.rateKbit -= min(p.groups[g]!.rateKbit, l.request.qos.rateKbit)
                 let key = InterfacePriority(interface: g.interface, priority: p.groups[g]!.priority)
                 if p.groups[g]!.members.isEmpty {
@@ -257,9 +292,7 @@ public struct LeaseTable: Sendable {
         let p = points[point] ?? PointIndex()
         let key = InterfacePriority(interface: interface, priority: priority)
         if let majors = p.openGroups[key], let major = majors.min(), let info = p.groups[GroupRef(interface: interface, major: major)] {
-            var minor = Layout.firstLeafMinor
-            while info.members[minor] != nil { minor += 1 }
-            return QoSClassRef(interface: interface, major: major, minor: minor)
+            return QoSClassRef(interface: interface, major: major, minor: info.members.firstFree(from: Layout.firstLeafMinor))
         }
         let used = p.majorsInUse[interface] ?? []
         var major = Layout.firstGroupMajor

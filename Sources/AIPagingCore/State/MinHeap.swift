@@ -9,6 +9,8 @@ public struct MinHeap<Key: Comparable & Sendable, Value: Sendable>: Sendable {
     public var top: (key: Key, value: Value)? { entries.first }
 
     public mutating func push(_ key: Key, _ value: Value) {
+        // Grow by a quarter, not Array's doubling (one entry per live lease in the deadline heaps).
+        if entries.count == entries.capacity { entries.reserveCapacity(Swift.max(16, entries.count + entries.count / 4)) }
         entries.append((key, value))
         var i = entries.count - 1
         while i > 0 {
