@@ -21,14 +21,17 @@ public struct CompactDictionary<Key: Hashable, Value> {
     /// Positions in `_keys`/`_values`, or -1 for an empty bucket; its count is 0 or a power of two.
     @usableFromInline var table: [Int32] = []
 
+    @inlinable
     public init() {}
 
+    @inlinable
     public init(minimumCapacity: Int) {
         _keys.reserveCapacity(minimumCapacity)
         _values.reserveCapacity(minimumCapacity)
         rehash(bucketsFor(minimumCapacity))
     }
 
+    @inlinable
     public init<S: Sequence>(uniqueKeysWithValues pairs: S) where S.Element == (Key, Value) {
         for (k, v) in pairs {
             precondition(find(k).position == nil, "duplicate key \(k)")
@@ -36,22 +39,26 @@ public struct CompactDictionary<Key: Hashable, Value> {
         }
     }
 
+    @inlinable
     public var count: Int { _keys.count }
+    @inlinable
     public var isEmpty: Bool { _keys.isEmpty }
     /// The keys, in storage order.
+    @inlinable
     public var keys: [Key] { _keys }
     /// The values, in the order of `keys`.
+    @inlinable
     public var values: [Value] { _values }
 
     // MARK: lookup
 
-    @inline(__always)
-    private var mask: Int { table.count - 1 }
+    @inlinable @inline(__always)
+    var mask: Int { table.count - 1 }
 
     /// The entry's position and, either way, the bucket where the search ended (the key's bucket
     /// or the empty one it would take).
-    @inline(__always)
-    private func find(_ key: Key) -> (position: Int?, bucket: Int) {
+    @inlinable @inline(__always)
+    func find(_ key: Key) -> (position: Int?, bucket: Int) {
         guard !table.isEmpty else { return (nil, -1) }
         let m = mask
         var b = key.hashValue & m
@@ -63,8 +70,10 @@ public struct CompactDictionary<Key: Hashable, Value> {
         }
     }
 
+    @inlinable
     public func index(forKey key: Key) -> Int? { find(key).position }
 
+    @inlinable
     public subscript(key: Key) -> Value? {
         get {
             guard let p = find(key).position else { return nil }
@@ -81,6 +90,7 @@ public struct CompactDictionary<Key: Hashable, Value> {
         }
     }
 
+    @inlinable
     public subscript(key: Key, default defaultValue: @autoclosure () -> Value) -> Value {
         get {
             guard let p = find(key).position else { return defaultValue() }
@@ -98,6 +108,7 @@ public struct CompactDictionary<Key: Hashable, Value> {
         }
     }
 
+    @inlinable
     @discardableResult
     public mutating func updateValue(_ value: Value, forKey key: Key) -> Value? {
         if let p = find(key).position {
@@ -109,6 +120,7 @@ public struct CompactDictionary<Key: Hashable, Value> {
         return nil
     }
 
+    @inlinable
     @discardableResult
     public mutating func removeValue(forKey key: Key) -> Value? {
         let (found, bucket) = find(key)
@@ -118,6 +130,7 @@ public struct CompactDictionary<Key: Hashable, Value> {
         return v
     }
 
+    @inlinable
     public mutating func removeAll(keepingCapacity keep: Bool = false) {
         _keys.removeAll(keepingCapacity: keep)
         _values.removeAll(keepingCapacity: keep)
@@ -125,12 +138,14 @@ public struct CompactDictionary<Key: Hashable, Value> {
     }
 
     /// The entries for which `isIncluded` holds (like `Dictionary.filter`, a map again).
+    @inlinable
     public func filter(_ isIncluded: (Element) throws -> Bool) rethrows -> CompactDictionary {
         var out = CompactDictionary()
         for i in _keys.indices where try isIncluded((_keys[i], _values[i])) { out.insertNew(_keys[i], _values[i]) }
         return out
     }
 
+    @inlinable
     public func mapValues<T>(_ transform: (Value) throws -> T) rethrows -> CompactDictionary<Key, T> {
         var out = CompactDictionary<Key, T>()
         out._keys = _keys
@@ -141,13 +156,15 @@ public struct CompactDictionary<Key: Hashable, Value> {
 
     // MARK: storage
 
-    private func bucketsFor(_ n: Int) -> Int {
+    @inlinable
+    func bucketsFor(_ n: Int) -> Int {
         var c = 8
         while c < 2 * n { c <<= 1 }
         return c
     }
 
-    private mutating func insertNew(_ key: Key, _ value: Value) {
+    @inlinable
+    mutating func insertNew(_ key: Key, _ value: Value) {
         if 2 * (_keys.count + 1) > table.count { rehash(bucketsFor(_keys.count + 1)) }
         if _keys.count == _keys.capacity {
             // Grow by a quarter rather than Array's doubling: a full doubling leaves up to half
@@ -164,7 +181,8 @@ public struct CompactDictionary<Key: Hashable, Value> {
         _values.append(value)
     }
 
-    private mutating func rehash(_ buckets: Int) {
+    @inlinable
+    mutating func rehash(_ buckets: Int) {
         precondition(buckets <= Int(Int32.max), "CompactDictionary: too many entries")
         table = [Int32](repeating: -1, count: buckets)
         let m = buckets - 1
@@ -176,7 +194,8 @@ public struct CompactDictionary<Key: Hashable, Value> {
     }
 
     /// Removes the entry at `position` whose bucket is `bucket`.
-    private mutating func remove(at position: Int, bucket: Int) {
+    @inlinable
+    mutating func remove(at position: Int, bucket: Int) {
         let m = mask
         // Backward-shift deletion: pull later members of the probe run into the hole whenever
         // the hole lies between their home bucket and where they sit.
@@ -210,9 +229,11 @@ extension CompactDictionary: Sequence {
     public typealias Element = (key: Key, value: Value)
 
     public struct Iterator: IteratorProtocol {
-        let keys: [Key]
-        let values: [Value]
-        var i = 0
+        @usableFromInline let keys: [Key]
+        @usableFromInline let values: [Value]
+        @usableFromInline var i = 0
+        @inlinable init(keys: [Key], values: [Value]) { self.keys = keys; self.values = values }
+        @inlinable
         public mutating func next() -> Element? {
             guard i < keys.count else { return nil }
             defer { i += 1 }
@@ -220,11 +241,14 @@ extension CompactDictionary: Sequence {
         }
     }
 
+    @inlinable
     public func makeIterator() -> Iterator { Iterator(keys: _keys, values: _values) }
+    @inlinable
     public var underestimatedCount: Int { _keys.count }
 }
 
 extension CompactDictionary: ExpressibleByDictionaryLiteral {
+    @inlinable
     public init(dictionaryLiteral elements: (Key, Value)...) {
         self.init(uniqueKeysWithValues: elements)
     }
@@ -232,6 +256,7 @@ extension CompactDictionary: ExpressibleByDictionaryLiteral {
 
 extension CompactDictionary: Equatable where Value: Equatable {
     /// Equal when they map the same keys to the same values (in whatever order they are stored).
+    @inlinable
     public static func == (a: Self, b: Self) -> Bool {
         guard a.count == b.count else { return false }
         for i in a._keys.indices {
@@ -244,6 +269,7 @@ extension CompactDictionary: Equatable where Value: Equatable {
 extension CompactDictionary: @unchecked Sendable where Key: Sendable, Value: Sendable {}
 
 extension CompactDictionary: CustomStringConvertible {
+    @inlinable
     public var description: String {
         "[" + zip(_keys, _values).map { "\($0): \($1)" }.joined(separator: ", ") + "]"
     }
