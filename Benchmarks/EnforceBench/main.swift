@@ -3,7 +3,7 @@
 // For each level of N active leases it measures, through the control socket, the latency of a
 // single install (request until the reply, which comes only after the kernel state exists), a
 // single revoke, batched admission throughput with 64 concurrent clients, expiry lateness
-// (deadline to state gone, from the agent), the agent's RSS; and in the same run the same
+// (deadline to state gone, from the agent), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
 // install/removal done the naive way (one `nft` and one `tc` process per lease), as a ratio. It
 // also checks with real packets that nothing is steered after a lease's deadline.
 import AIPagingClient
@@ -20,6 +20,9 @@ struct Options {
     var naiveMax = 10_000
     /// An agent config file (`--config`), e.g. to change the evidence settings.
     var agentConfig: String?
+    /// After the last level, keep the agent running this long (seconds) and print its memory
+    /// every 10 s: the evidence exporter reaches every lease only over time (probes are rate-limited).
+    var hold = 0
 }
 
 func parseOptions() -> Options {
@@ -34,6 +37,7 @@ func parseOptions() -> Options {
         case "--clients": opt.clients = Int(args.popFirst()!)!
         case "--naive-max": opt.naiveMax = Int(args.popFirst()!)!
         case "--agent-config": opt.agentConfig = args.popFirst()!
+        case "--hold": opt.hold = Int(args.popFirst()!)!
         default: fatalError("unknown option \(a)")
         }
     }
@@ -328,7 +332,9 @@ struct Row {
     /// the agent was meanwhile (% of one core).
     var cpuPerLeaseUs = 0.0, cpuBusy = 0.0
     var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
-    var rss = 0.0
+    /// RSS right after the level's churn, and again after 2 s without requests (the agent trims
+    /// malloc once its lease service has been idle for a second).
+    var rss = 0.0, rssIdle = 0.0, heapInUse = 0.0, heapFree = 0.0
     var naiveInstall = Double.nan, naiveRemove = Double.nan
     var steeredAfter = 0, probesAfter = 0
 }
@@ -392,6 +398,11 @@ for level in opt.levels {
     row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
     (row.steeredAfter, row.probesAfter) = steeredAfterDeadline(level)
     row.rss = rssMB(agentProc.processIdentifier)
+    usleep(2_000_000)
+    row.rssIdle = rssMB(agentProc.processIdentifier)
+    let memory = status()["memory"]
+    row.heapInUse = (memory?["heap_in_use_bytes"]?.doubleValue ?? .nan) / 1_048_576
+    row.heapFree = (memory?["heap_free_bytes"]?.doubleValue ?? .nan) / 1_048_576
     if level <= opt.naiveMax {
         naiveSetup(active: max(0, level - 1))
         var ni: [Double] = [], nr: [Double] = []
@@ -405,17 +416,30 @@ for level in opt.levels {
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
           + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
-          + "RSS \(f(row.rss, 1)) MB; naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
+          + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }
 
 say("")
-say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms) | agent RSS (MB) | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms) | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
 say("| ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |")
 for r in rows {
     let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
     let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
-    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+}
+if opt.hold > 0 {
+    say("")
+    let t0 = now()
+    while Double(now() - t0) / 1e9 < Double(opt.hold) {
+        usleep(10_000_000)
+        let st = status()
+        let m = st["memory"]
+        let mb = { (k: String) in f((m?[k]?.doubleValue ?? .nan) / 1_048_576, 1) }
+        let written = st["evidence"]?["records_written"]?.int64Value ?? -1
+        let readMs = st["evidence"]?["measurement"]?["last_counter_read_ms"]?.doubleValue ?? .nan
+        say("held \(f(Double(now() - t0) / 1e9, 0)) s at \(active) active leases: RSS \(mb("rss_bytes")) MB, malloc \(mb("heap_in_use_bytes")) MB in use, \(mb("heap_free_bytes")) MB free; evidence records written \(written), last counter read \(f(readMs, 0)) ms; agent CPU \(f(agentCPUSeconds(), 1)) s")
+    }
 }
 let stopStart = now()
 cleanup()

@@ -472,6 +472,7 @@ extension ControlAPI {
             o["measurement"] = ["sessions": .int(ex.sessions), "probing": .int(ex.probing), "probe_stride": .int(ex.probeStride),
                                 "probes_sent": .int(ex.probesSent),
                                 "probes_received": .int(ex.probesReceived), "window_records": .int(ex.windows),
+                                "counter_reads": .int(ex.counterReads), "last_counter_read_ms": .double(ex.lastCounterReadMs),
                                 "priority_mode": .string(ex.priorityMode), "last_error": .optional(ex.lastError)]
         }
         return .object(o)

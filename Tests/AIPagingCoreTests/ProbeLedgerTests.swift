@@ -44,6 +44,23 @@ import Testing
         #expect(w.jitterNs == 0)
     }
 
+    /// The ledger of a lease that is not probed (capacity 1) holds no ring at all; answers to
+    /// probes it never sent are unknown, and if it does send, it works as any other.
+    @Test func anUnprobedLedgerHoldsNoRing() {
+        var l = ProbeLedger(mode: .stateful, capacity: 1)
+        #expect(l.ringSize == 0 && l.sendTime(0) == nil)
+        let (p0, t40) = reply(0, 0, sentAt: Self.t0)
+        #expect(l.receive(p0, at: t40, currentWindow: 0) == .unknown)
+        l.withdraw(sequence: 0)
+        l.correctSendTime(0, to: Self.t0)
+        #expect(l.finalize(window: 0) == ProbeLedger.WindowStats())
+        let s = l.send(at: Self.t0, window: 1)
+        #expect(l.ringSize == 1 && l.sendTime(s) == Self.t0)
+        let (p, t4) = reply(s, 0, sentAt: Self.t0)
+        #expect(l.receive(p, at: t4, currentWindow: 1) == .delay(ns: 2_000_000, window: 1))
+        #expect(l.finalize(window: 1).received == 1)
+    }
+
     /// The ring starts at 16 entries and grows only while probes are pending: a session answered
     /// promptly keeps 16; 100 unanswered probes grow it to 128 (not to the capacity) without
     /// losing track of any, and their late replies still resolve every one.

@@ -50,6 +50,8 @@ public final class EvidenceExporter: Sendable {
         public var probesReceived: UInt64 = 0
         public var windows: UInt64 = 0
         public var counterReads: UInt64 = 0
+        /// How long the last counter read (one dump per point) took.
+        public var lastCounterReadMs = 0.0
         public var lastError: String?
         public var priorityMode = "cmsg"
     }
@@ -154,11 +156,15 @@ final class ExporterLoop {
 
     /// The counters of a session's open windows. One or two are open at a time: they are held
     /// inline (an array per session would be one more heap block per live lease); more, which a
-    /// late loop could leave, spill into an array.
+    /// late loop or a log writer that fell behind could leave, spill into an array of at most
+    /// `maxSpill`: past that, the oldest window's counters are merged into the next oldest (so a
+    /// session that owes many windows holds four, and its record for them, which covers them all
+    /// in one `coalesced_windows` range, still counts every packet).
     struct OpenWindows {
         private var a: WindowCounters?
         private var b: WindowCounters?
         private var spill: [WindowCounters] = []
+        static let maxSpill = 2
 
         /// Applies `body` to the counters of `window` (opened if needed).
         mutating func update(_ window: Int64, _ body: (inout WindowCounters) -> Void) {
@@ -168,7 +174,26 @@ final class ExporterLoop {
             var w = WindowCounters(window: window)
             body(&w)
             if a == nil { a = w } else if b == nil { b = w } else { spill.append(w) }
+            if spill.count > Self.maxSpill { mergeOldest() }
         }
+
+        /// Merges the oldest open window into the next oldest (which keeps its index).
+        private mutating func mergeOldest() {
+            var all = spill
+            if let a { all.append(a) }
+            if let b { all.append(b) }
+            all.sort { $0.window < $1.window }
+            var oldest = all.removeFirst()
+            oldest.merge(all[0])
+            oldest.window = all[0].window
+            all[0] = oldest
+            a = all.removeFirst()
+            b = all.removeFirst()
+            spill = all
+        }
+
+        /// Windows held (for tests).
+        var count: Int { (a == nil ? 0 : 1) + (b == nil ? 0 : 1) + spill.count }
 
         mutating func take(_ window: Int64) -> WindowCounters? {
             if let x = a, x.window == window { a = nil; return x }
@@ -299,12 +324,16 @@ final class ExporterLoop {
     var perDatagramPriority = true
     var nextBoundaryNs: Int64
     var nextCounterReadNs: Int64
+    var counterReadNotBeforeNs: Int64 = 0
     /// Windows to finalize: (when, window index).
     var pendingFinalize: [(Int64, Int64)] = []
     var errorEstimate = STAMPErrorEstimate.systemClock()
     var lastEstimateNs: Int64 = 0
     var sendBuffer: [UInt8] = []
-    /// The last counter dump of a point, by mark (kept: the next read reuses its storage).
+    /// The last counter dump of a point, by mark. Its storage is reused by the next read while it
+    /// is small; past `scratchKeepLimit` entries it is freed after each read (6.5 MB at 100 000
+    /// leases, held between reads for nothing; malloc maps and unmaps storage that large).
+    let scratchKeepLimit = 4096
     var counterScratch = CompactDictionary<UInt32, NFTQoSCounters>()
 
     init(_ owner: EvidenceExporter) {
@@ -376,14 +405,12 @@ final class ExporterLoop {
             receiveAll()
             sendDueProbes(now: now)
             if now >= nextBoundaryNs {
-                readCounters(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
+                timedCounterRead(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
                 pendingFinalize.append((nextBoundaryNs + timeoutNs, nextBoundaryNs / windowNs - 1))
                 nextBoundaryNs += windowNs
                 if nextBoundaryNs <= now { nextBoundaryNs = (now / windowNs + 1) * windowNs }
-                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
-            } else if now >= nextCounterReadNs || preExpiryDue() {
-                readCounters(attributeTo: now / windowNs, now: now)
-                nextCounterReadNs = now + Int64(settings.counterIntervalMs) * 1_000_000
+            } else if now >= counterReadNotBeforeNs && (now >= nextCounterReadNs || preExpiryDue()) {
+                timedCounterRead(attributeTo: now / windowNs, now: now)
             }
             now = realtimeNanoseconds()
             runFinalizations(now: now)
@@ -391,7 +418,7 @@ final class ExporterLoop {
             // Sleep until the next tick (or boundary, counter read, finalization).
             var next = min(nextBoundaryNs, nextCounterReadNs)
             if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
-            if finalizing != nil { next = min(next, realtimeNanoseconds() + 1_000_000) }
+            if passes.active { next = min(next, realtimeNanoseconds() + 1_000_000) }
             for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
             if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
             let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
@@ -664,6 +691,19 @@ final class ExporterLoop {
         return !due.isEmpty
     }
 
+    /// A counter read, and when the next ones may come: a dump of the qos map costs time
+    /// quadratic in its elements (the kernel restarts its hash-table walk for every 32 KiB
+    /// chunk: ~1 s at 100 000 leases on this VM), so reads between window boundaries keep to a
+    /// quarter of the thread (the next no sooner than three times the last one's duration after
+    /// it). A boundary read always happens: it closes the window's counters.
+    func timedCounterRead(attributeTo window: Int64, now: Int64) {
+        readCounters(attributeTo: window, now: now)
+        let end = realtimeNanoseconds()
+        counterReadNotBeforeNs = end + 3 * (end - now)
+        nextCounterReadNs = max(now + Int64(settings.counterIntervalMs) * 1_000_000, counterReadNotBeforeNs)
+        owner.stats.withLock { $0.lastCounterReadMs = Double(end - now) / 1e6 }
+    }
+
     /// One dump of the qos map per point; each live lease's delta goes to `window`.
     func readCounters(attributeTo window: Int64, now: Int64) {
         for (name, pio) in io {
@@ -701,6 +741,7 @@ final class ExporterLoop {
                 }
             }
         }
+        if counterScratch.count > scratchKeepLimit { counterScratch.removeAll(keepingCapacity: false) }
         owner.stats.withLock { $0.counterReads += 1 }
     }
 
@@ -710,7 +751,8 @@ final class ExporterLoop {
     /// of 100 000 leases is emitted `finalizeChunk` records per loop turn, and only while the
     /// log's writer keeps up, so the records in memory stay bounded (all at once, they would be
     /// hundreds of MB of short-lived objects every window, and the heap would keep the holes).
-    var finalizing: (window: Int64, sessions: ArraySlice<Session>)?
+    var passes = FinalizationPasses<Session>()
+    func sessionsInOrder() -> [Session] { sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) }
     let finalizeChunk = 2048
 
     func runFinalizations(now: Int64) {
@@ -722,18 +764,15 @@ final class ExporterLoop {
             // busy)? Then only the newest window is queued: each session's next record covers
             // every window it still owes up to it (`coalesced_windows`), so records per second,
             // the queue and the work owed at stop stay bounded however far behind it fell.
-            // (A window still being written is superseded the same way.)
-            finalizing = (w, sessions.values.sorted(by: { $0.lease.id < $1.lease.id })[...])
+            passes.due(w, snapshot: sessionsInOrder)
         }
-        while finalizing != nil && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
-            let w = finalizing!.window
-            while records.count < finalizeChunk, let s = finalizing!.sessions.popFirst() {
+        while passes.active && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
+            while records.count < finalizeChunk, let (s, w) = passes.next(snapshot: sessionsInOrder) {
                 guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
                 records.append(windowRecord(s, windows: s.emittedThrough + 1...w, final: false))
                 s.emittedThrough = w
             }
-            if finalizing!.sessions.isEmpty { finalizing = nil }
         }
         let done = ending.filter { ($0.finalizeAtNs ?? .max) <= now }
         if !done.isEmpty {

@@ -119,8 +119,8 @@ public struct ProbeLedger: Sendable {
     }
 
     /// `capacity` bounds how many probes can await an answer; it is rounded up to a power of two.
-    /// The ring starts at 4 entries (or `capacity`, if smaller: a lease that is not probed gets
-    /// one) and grows on demand: replies come back within milliseconds, so a probe rarely waits
+    /// The ring starts at 4 entries (or `capacity`, if smaller; with a capacity of 1, the ledger of
+    /// a lease that is not probed, it starts empty: no heap block per such lease) and grows on demand: replies come back within milliseconds, so a probe rarely waits
     /// for an answer while more than a few others are sent.
     public init(mode: ReflectorMode, capacity: Int) {
         self.mode = mode
@@ -128,7 +128,7 @@ public struct ProbeLedger: Sendable {
         while c < capacity { c <<= 1 }
         maxCapacity = max(c, 64)
         let start = min(4, c)
-        ring = [Entry](repeating: Entry(), count: start)
+        ring = start == 1 ? [] : [Entry](repeating: Entry(), count: start)
         mask = start - 1
     }
 
@@ -150,6 +150,7 @@ public struct ProbeLedger: Sendable {
     public mutating func send(at t1: Int64, window: Int64) -> UInt32 {
         let seq = nextSequence
         nextSequence &+= 1
+        if ring.isEmpty { ring = [Entry()] }
         var i = Int(seq) & mask
         while ring[i].valid && ring[i].state == .pending && ring.count < maxCapacity {
             grow()
@@ -168,7 +169,7 @@ public struct ProbeLedger: Sendable {
     /// corrects each probe's time once the call returns).
     public mutating func correctSendTime(_ seq: UInt32, to t1: Int64) {
         let i = Int(seq) & mask
-        if ring[i].valid && ring[i].seq == seq { ring[i].sentNs = t1 }
+        if !ring.isEmpty && ring[i].valid && ring[i].seq == seq { ring[i].sentNs = t1 }
     }
 
     /// Forgets the probes sent at or after `t` (ns): the measured interval ended before they left
@@ -187,7 +188,7 @@ public struct ProbeLedger: Sendable {
     /// Forgets probe `seq` (it never left: the send call did not get to it).
     public mutating func withdraw(sequence seq: UInt32) {
         let i = Int(seq) & mask
-        if ring[i].valid && ring[i].seq == seq { forget(i) }
+        if !ring.isEmpty && ring[i].valid && ring[i].seq == seq { forget(i) }
     }
 
     private mutating func forget(_ i: Int) {
@@ -209,7 +210,7 @@ public struct ProbeLedger: Sendable {
     /// The send time of a probe still in the ledger.
     public func sendTime(_ seq: UInt32) -> Int64? {
         let i = Int(seq) & mask
-        return ring[i].valid && ring[i].seq == seq ? ring[i].sentNs : nil
+        return !ring.isEmpty && ring[i].valid && ring[i].seq == seq ? ring[i].sentNs : nil
     }
 
     public enum ReplyOutcome: Equatable, Sendable {
@@ -227,7 +228,7 @@ public struct ProbeLedger: Sendable {
     public mutating func receive(_ reply: STAMPReflectorPacket, at t4: Int64, currentWindow: Int64) -> ReplyOutcome {
         let s = reply.senderSequence
         let i = Int(s) & mask
-        guard ring[i].valid, ring[i].seq == s else { return .unknown }
+        guard !ring.isEmpty, ring[i].valid, ring[i].seq == s else { return .unknown }
         // Sequence numbers are compared in a window of 2^31 around the last reply (wrapping).
         let entry = ring[i]
         switch entry.state {
