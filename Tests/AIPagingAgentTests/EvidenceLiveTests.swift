@@ -78,6 +78,32 @@ import Testing
         #expect(downPackets >= answered && downPackets <= requests.count, "anchor->client packets \(downPackets), answered \(answered)")
     }
 
+    /// The kernel removes a lease's counters with its elements at the deadline, so the exporter
+    /// reads that lease's counters (by key, not with a dump of every lease) just before it: with
+    /// no periodic read in the lease's life, its final record still counts every packet the client
+    /// sent until shortly before the end.
+    @Test func theLastCountersAreReadJustBeforeTheDeadline() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let agent = try await LiveAgent(lab: lab) { c in
+            c.evidence.windowMs = 60_000             // (a boundary in the lease's life is unlikely)
+            c.evidence.probeIntervalMs = 0
+            c.evidence.probeTimeoutMs = 200
+            c.evidence.counterIntervalMs = 60_000    // no periodic read in the lease's life
+        }
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/E1", json: labLease("E1", aisi: "aisi-e", ttlMs: 2500)).0 == 201)
+        let flow = try StreamProcess(lab: lab, addr: vip(false), seconds: 1.5, intervalMs: 20)
+        let requests = flow.finish()
+        try await Task.sleep(for: .milliseconds(2000))   // past the deadline and the probe timeout
+        let windows = try await records(agent, "lease_id=E1&kind=window")
+        let reads = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]?["counter_reads"]?.int64Value ?? -1
+        #expect(windows.last?["end_reason"]?.stringValue == "expired")
+        let up = windows.reduce(0) { $0 + Int($1["flow"]?["client_to_anchor"]?["packets"]?.int64Value ?? 0) }
+        #expect(requests.count > 30 && up == requests.count,
+                "client->anchor packets \(up), requests \(requests.count), counter reads \(reads); windows: \(windows.map { $0["flow"]?.serialized() ?? "-" })")
+    }
+
     /// `max_probe_rate` bounds the exporter's probes in all: two leases at 100 probes/s each with a
     /// budget of 50/s probe every 4th interval (the smallest stride that fits), so about 50 probes/s
     /// leave instead of 200, and the leases' windows still count every probe sent.

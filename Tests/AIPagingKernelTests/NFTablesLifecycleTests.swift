@@ -66,6 +66,42 @@ import AIPagingCore
         }
     }
 
+    /// Reading counters by key (single-element GETs, 64 keys a request) gives what the dump
+    /// gives for the marks asked for; marks with no elements are skipped and counted, wherever
+    /// they fall in a request; asking only for absent marks is an error that says so.
+    @Test(.enabled(if: Shell.isRoot))
+    func keyedCounterReadMatchesTheDump() throws {
+        try NFT.withNamespace("keyed") { _, socket in
+            try NFT.createSchema(socket)
+            let tx = NFTTransaction()
+            for i in 0..<1_000 { tx.addQoS(mark: 0xa100_0000 | UInt32(i + 1), classid: 0x0100_0002, timeoutMs: 60_000) }
+            try socket.commit(tx)
+            var dumped = CompactDictionary<UInt32, NFTQoSCounters>()
+            try socket.readQoSCounters(into: &dumped)
+            var keyed = CompactDictionary<UInt32, NFTQoSCounters>()
+            keyed[7] = NFTQoSCounters()   // emptied by the read
+            // Every mark, plus absent ones at the start, inside and at the end of requests.
+            let present = (1...1_000).map { 0xa100_0000 | UInt32($0) }
+            var asked: [UInt32] = [0xa100_f001]
+            for (i, m) in present.enumerated() {
+                asked.append(m)
+                if i % 97 == 5 { asked.append(0xa100_f002 + UInt32(i)) }
+            }
+            asked.append(0xa100_ffff)
+            let missingMarks = asked.count - present.count
+            let missing = try socket.readQoSCounters(marks: asked, into: &keyed)
+            #expect(missing == 2 * missingMarks)
+            #expect(keyed.count == 1_000 && dumped.count == 1_000)
+            for (mark, c) in dumped { #expect(keyed[mark] == c) }
+            // A subset: only those.
+            let some = try socket.readQoSCounters(marks: present.prefix(10), into: &keyed)
+            #expect(some == 0 && keyed.count == 10)
+            #expect(throws: KernelError.self) {
+                try socket.readQoSCounters(marks: (1...100).map { 0xa101_0000 | UInt32($0) }, into: &keyed)
+            }
+        }
+    }
+
     @Test(.enabled(if: Shell.isRoot))
     func deleteRemovesElementsAndMissingDeleteIsNamed() throws {
         try NFT.withNamespace("delete") { _, socket in

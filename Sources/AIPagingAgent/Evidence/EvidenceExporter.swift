@@ -334,6 +334,8 @@ final class ExporterLoop {
     /// is small; past `scratchKeepLimit` entries it is freed after each read (6.5 MB at 100 000
     /// leases, held between reads for nothing; malloc maps and unmaps storage that large).
     let scratchKeepLimit = 4096
+    /// Leases a point from which full counter reads go by key instead of one dump.
+    let keyedReadFrom = 1024
     var counterScratch = CompactDictionary<UInt32, NFTQoSCounters>()
 
     init(_ owner: EvidenceExporter) {
@@ -409,8 +411,11 @@ final class ExporterLoop {
                 pendingFinalize.append((nextBoundaryNs + timeoutNs, nextBoundaryNs / windowNs - 1))
                 nextBoundaryNs += windowNs
                 if nextBoundaryNs <= now { nextBoundaryNs = (now / windowNs + 1) * windowNs }
-            } else if now >= counterReadNotBeforeNs && (now >= nextCounterReadNs || preExpiryDue()) {
+            } else if now >= counterReadNotBeforeNs && now >= nextCounterReadNs {
                 timedCounterRead(attributeTo: now / windowNs, now: now)
+            } else {
+                let due = preExpiryDue()
+                if !due.isEmpty { readCounters(attributeTo: now / windowNs, now: now, only: due) }
             }
             now = realtimeNanoseconds()
             runFinalizations(now: now)
@@ -418,6 +423,7 @@ final class ExporterLoop {
             // Sleep until the next tick (or boundary, counter read, finalization).
             var next = min(nextBoundaryNs, nextCounterReadNs)
             if let f = pendingFinalize.map(\.0).min() { next = min(next, f) }
+            if let p = nextPreExpiryNs() { next = min(next, p) }
             if passes.active { next = min(next, realtimeNanoseconds() + 1_000_000) }
             for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
             if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
@@ -681,41 +687,68 @@ final class ExporterLoop {
 
     /// Whether some lease's deadline is under 150 ms away: the kernel removes a lease's counters
     /// with its elements at the deadline, so they are read just before.
-    func preExpiryDue() -> Bool {
+    /// The leases whose pre-expiry read is due (they are read by key, not with a dump of all).
+    func preExpiryDue() -> [LeaseID] {
         let boot = BootInstant(nanoseconds: aip_boottime_ns())
-        let due = preExpiry.popDue(at: boot) { at, id in
-            guard let s = sessions[id], s.endNs == nil, !s.preExpiryDone else { return false }
-            return s.lease.deadline.nanoseconds &- 150_000_000 == at.nanoseconds
-        }
+        let due = preExpiry.popDue(at: boot, isCurrent: preExpiryCurrent)
         for id in due { sessions[id]?.preExpiryDone = true }
-        return !due.isEmpty
+        return due
     }
 
-    /// A counter read, and when the next ones may come: a dump of the qos map costs time
-    /// quadratic in its elements (the kernel restarts its hash-table walk for every 32 KiB
-    /// chunk: ~1 s at 100 000 leases on this VM), so reads between window boundaries keep to a
-    /// quarter of the thread (the next no sooner than three times the last one's duration after
-    /// it). A boundary read always happens: it closes the window's counters.
+    func preExpiryCurrent(_ at: BootInstant, _ id: LeaseID) -> Bool {
+        guard let s = sessions[id], s.endNs == nil, !s.preExpiryDone else { return false }
+        return s.lease.deadline.nanoseconds &- 150_000_000 == at.nanoseconds
+    }
+
+    /// When (wall clock, ns) the next pre-expiry read is due, if any: the loop wakes for it
+    /// (without probes nothing else would wake it in time).
+    func nextPreExpiryNs() -> Int64? {
+        guard let at = preExpiry.peek(isCurrent: preExpiryCurrent) else { return nil }
+        let boot = aip_boottime_ns()
+        return realtimeNanoseconds() &+ (at.nanoseconds > boot ? Int64(at.nanoseconds - boot) : 0)
+    }
+
+    /// A counter read, and when the next ones may come: a read of every lease's counters costs
+    /// time (see `readCounters`: ~0.7 s at 100 000 leases here), so reads between window
+    /// boundaries keep to a tenth of the thread (the next no sooner than nine times the last
+    /// one's duration after it). A boundary read always happens: it closes the window's counters.
     func timedCounterRead(attributeTo window: Int64, now: Int64) {
         readCounters(attributeTo: window, now: now)
         let end = realtimeNanoseconds()
-        counterReadNotBeforeNs = end + 3 * (end - now)
+        counterReadNotBeforeNs = end + 9 * (end - now)
         nextCounterReadNs = max(now + Int64(settings.counterIntervalMs) * 1_000_000, counterReadNotBeforeNs)
         owner.stats.withLock { $0.lastCounterReadMs = Double(end - now) / 1e6 }
     }
 
-    /// One dump of the qos map per point; each live lease's delta goes to `window`.
-    func readCounters(attributeTo window: Int64, now: Int64) {
+    /// One read of the qos map's counters per point; each live lease's delta goes to `window`.
+    /// Up to `keyedReadFrom` leases a point, one dump; from there on, by key (linear, where the
+    /// dump is quadratic: see `readQoSCounters(marks:into:)`). `only`: just these leases (those
+    /// whose deadline is near), by key.
+    func readCounters(attributeTo window: Int64, now: Int64, only: [LeaseID]? = nil) {
         for (name, pio) in io {
             guard let nft = pio.nft, let marks = byMark[name], !marks.isEmpty else { continue }
+            var wanted: [(UInt32, LeaseID)]? = nil
+            if let only {
+                wanted = only.compactMap { id in
+                    guard let s = sessions[id], s.point == name, marks[s.lease.mark] == id else { return nil }
+                    return (s.lease.mark, id)
+                }
+                if wanted!.isEmpty { continue }
+            }
             do {
-                try nft.readQoSCounters(into: &counterScratch)
+                if let wanted {
+                    try nft.readQoSCounters(marks: wanted.map(\.0), into: &counterScratch)
+                } else if marks.count >= keyedReadFrom {
+                    try nft.readQoSCounters(marks: marks.keys, into: &counterScratch)
+                } else {
+                    try nft.readQoSCounters(into: &counterScratch)
+                }
             } catch {
                 note("reading counters at \(name): \(error)")
                 continue
             }
-            for (mark, id) in marks {
-                guard let s = sessions[id], let k = counterScratch[mark] else { continue }
+            func attribute(_ mark: UInt32, _ id: LeaseID) {
+                guard let s = sessions[id], let k = counterScratch[mark] else { return }
                 var c = FlowCounters()
                 c.originalPackets = k.originalPackets
                 c.originalBytes = k.originalBytes
@@ -739,6 +772,11 @@ final class ExporterLoop {
                     w.delta += d
                     w.asOf = now
                 }
+            }
+            if let wanted {
+                for (mark, id) in wanted { attribute(mark, id) }
+            } else {
+                for (mark, id) in marks { attribute(mark, id) }
             }
         }
         if counterScratch.count > scratchKeepLimit { counterScratch.removeAll(keepingCapacity: false) }

@@ -569,6 +569,50 @@ extension NFTablesSocket {
                           detail: "elements of \(AIPagingNFT.tableName) \(AIPagingNFT.qos) kept being reordered (hash resize) during the dump; retry later")
     }
 
+    /// The counters of the leases with these marks, by mark, into `out` (emptied first), read
+    /// by key (`getElements`: two single-element GETs per lease, batched) instead of a dump of
+    /// the whole map: linear in `marks`, where the dump is quadratic in the map (~4 s for the
+    /// 200 000 elements of 100 000 leases on this VM). Also the way to read a few leases (those
+    /// whose deadline is near) without reading them all. A lease whose elements are gone is left
+    /// out; returns how many elements were missing.
+    @discardableResult
+    public func readQoSCounters(marks: some Collection<UInt32>, into out: inout CompactDictionary<UInt32, NFTQoSCounters>) throws(KernelError) -> Int {
+        out.removeAll(keepingCapacity: true)
+        var keys: [UInt8] = []
+        keys.reserveCapacity(marks.count * 16)
+        for m in marks {
+            for dir in [NFTConntrackDirection.original, .reply] {
+                withUnsafeBytes(of: m) { keys.append(contentsOf: $0) }
+                keys.append(contentsOf: [dir.rawValue, 0, 0, 0])
+            }
+        }
+        var badKeyLength: Int? = nil
+        let missing = try getElements(table: AIPagingNFT.tableName, set: AIPagingNFT.qos, family: AIPagingNFT.family, keys: keys, keyLength: 8) { e in
+            var len: UInt32 = 0
+            guard let p = nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_KEY), &len), len == 8,
+                  let dir = NFTConntrackDirection(rawValue: UnsafeRawPointer(p).load(fromByteOffset: 4, as: UInt8.self))
+            else {
+                badKeyLength = Int(len)
+                return
+            }
+            let mark = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
+            let c = elementCounter(e) ?? (0, 0)
+            modifyCounters(&out[mark, default: NFTQoSCounters()]) { v in
+                if dir == .original {
+                    v.directions |= 1
+                    v.originalPackets = c.packets
+                    v.originalBytes = c.bytes
+                } else {
+                    v.directions |= 2
+                    v.replyPackets = c.packets
+                    v.replyBytes = c.bytes
+                }
+            }
+        }
+        if let badKeyLength { throw malformed(AIPagingNFT.qos, badKeyLength) }
+        return missing
+    }
+
     /// Compares `inet aipaging` with the schema this build creates: table flags and marker,
     /// the 5 maps (types, lengths, flags, userdata, counter), the 3 base chains and every rule
     /// expression by expression. Read-only: four dumps (tables, sets, chains, rules).
