@@ -96,6 +96,11 @@ import AIPagingCore
             // A subset: only those.
             let some = try socket.readQoSCounters(marks: present.prefix(10), into: &keyed)
             #expect(some == 0 && keyed.count == 10)
+            // Replies that overflow a small receive buffer: smaller requests, the same result.
+            socket.setReceiveBufferForTesting(8192)
+            let again = try socket.readQoSCounters(marks: asked, into: &keyed)
+            #expect(again == 2 * missingMarks && keyed.count == 1_000)
+            for (mark, c) in dumped { #expect(keyed[mark] == c) }
             #expect(throws: KernelError.self) {
                 try socket.readQoSCounters(marks: (1...100).map { 0xa101_0000 | UInt32($0) }, into: &keyed)
             }

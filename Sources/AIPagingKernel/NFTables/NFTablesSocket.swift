@@ -128,6 +128,14 @@ public final class NFTablesSocket {
         }
     }
 
+    /// Sets `SO_RCVBUF` (plain, so at most `net.core.rmem_max`): tests use a small buffer to make
+    /// replies overflow it.
+    func setReceiveBufferForTesting(_ bytes: Int) {
+        var v = Int32(bytes)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+        receiveBufferBytes = socketOption(SO_RCVBUF)
+    }
+
     /// Throws away replies left in the receive queue by a call that threw half-way (a dump or a
     /// commit abandoned on an error). Costs nothing in the normal case.
     private func drainStaleReplies() {
@@ -460,11 +468,13 @@ public final class NFTablesSocket {
     /// keys asked for, where a dump of the whole set costs time quadratic in the set's size (the
     /// kernel restarts its hash-table walk for every 32 KiB chunk). `keys` holds the keys back to
     /// back, `keyLength` bytes each. A key with no element is skipped (the kernel stops a request
-    /// at it; the rest are asked again); returns how many were missing. More than half of them
+    /// at it; the rest are asked again); returns how many were missing. Replies that overflow the
+    /// receive buffer (`ENOBUFS`) make the requests smaller. More than half of them
     /// missing means the set or the keys are wrong: an error.
-    func getElements(table: String, set: String, family: UInt8, keys: [UInt8], keyLength: Int, perRequest: Int = 64,
+    func getElements(table: String, set: String, family: UInt8, keys: [UInt8], keyLength: Int, perRequest first: Int = 64,
                      _ body: (OpaquePointer) -> Void) throws(KernelError) -> Int {
-        precondition(keyLength > 0 && keys.count % keyLength == 0 && perRequest > 0)
+        precondition(keyLength > 0 && keys.count % keyLength == 0 && first > 0)
+        var perRequest = first
         let opName = NFTablesSocket.getName(UInt16(NFT_MSG_GETSETELEM.rawValue))
         let total = keys.count / keyLength
         var next = 0
@@ -497,11 +507,17 @@ public final class NFTablesSocket {
             if sent < 0 { throw KernelError(opName, errno: errno, detail: "sending a request for elements of \(table) \(set)") }
             var answered = 0
             var status: Int32? = nil
+            // After an overrun (ENOBUFS from recv: replies, maybe the ACK, were dropped) what is
+            // queued is read without waiting; the replies read are a prefix of the keys asked
+            // (the kernel stops at the first reply it cannot queue).
+            var overrun = false
             while status == nil {
-                let n = recv(fd, receiveBuffer, NFTablesSocket.receiveBufferSize, Int32(MSG_TRUNC))
+                let n = recv(fd, receiveBuffer, NFTablesSocket.receiveBufferSize, Int32(MSG_TRUNC) | (overrun ? Int32(MSG_DONTWAIT) : 0))
                 if n < 0 {
                     let err = errno
                     if err == EINTR { continue }
+                    if err == ENOBUFS { overrun = true; continue }
+                    if err == EAGAIN && overrun { status = -ENOBUFS; break }
                     throw KernelError(opName, errno: err, detail: err == EAGAIN
                         ? "no reply for elements of \(table) \(set) within 10 s" : "reading elements of \(table) \(set)")
                 }
@@ -530,6 +546,10 @@ public final class NFTablesSocket {
             switch status! {
             case 0:
                 next = end
+            case -ENOBUFS where perRequest > 4:
+                // The replies did not fit the receive buffer: ask fewer keys at a time.
+                next += answered
+                perRequest /= 2
             case -ENOENT where next + answered < end:
                 // The key after the last one answered has no element.
                 missing += 1
