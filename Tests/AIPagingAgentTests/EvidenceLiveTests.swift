@@ -92,10 +92,16 @@ import Testing
             c.evidence.counterIntervalMs = 60_000    // no periodic read in the lease's life
         }
         defer { Task { await agent.stop() } }
-        #expect(try await agent.call("PUT", "/v1/leases/E1", json: labLease("E1", aisi: "aisi-e", ttlMs: 2500)).0 == 201)
+        // A 1.5 s flow in a 5 s lease: it ends before the read 150 ms ahead of the deadline even
+        // when a loaded machine starts it late (then it is not counted: the test says so).
+        let clock = ContinuousClock()
+        let putAt = clock.now
+        #expect(try await agent.call("PUT", "/v1/leases/E1", json: labLease("E1", aisi: "aisi-e", ttlMs: 5000)).0 == 201)
         let flow = try StreamProcess(lab: lab, addr: vip(false), seconds: 1.5, intervalMs: 20)
         let requests = flow.finish()
-        try await Task.sleep(for: .milliseconds(2000))   // past the deadline and the probe timeout
+        let flowEnded = clock.now - putAt
+        #expect(flowEnded < .milliseconds(4800), "the flow ended \(flowEnded) after the PUT, too late to judge")
+        try await Task.sleep(until: putAt + .milliseconds(5700), clock: clock)   // past the deadline and the probe timeout
         let windows = try await records(agent, "lease_id=E1&kind=window")
         let reads = try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]?["counter_reads"]?.int64Value ?? -1
         #expect(windows.last?["end_reason"]?.stringValue == "expired")

@@ -243,7 +243,10 @@ final class ExporterLoop {
         let point: String
         /// The probe socket the session sends through (nil: not probing).
         var group: ProbeGroup?
-        var ledger: ProbeLedger
+        /// The STAMP bookkeeping of a probed session; nil for a lease that gets no probe session
+        /// (probing off, or all 65 535 ids taken): the ledger is 64 bytes, most of a session's
+        /// size at 100 000 leases, and a box costs those leases 8.
+        var probe: ProbeBox?
         /// Slot of the send wheel (its phase within the probe interval).
         let bucket: Int
         let startNs: Int64
@@ -264,15 +267,20 @@ final class ExporterLoop {
         var anchor: IPAddress { lease.request.anchor.address }
         var family: IPAddress.Family { anchor.family }
 
-        init(lease: Lease, point: String, ledger: ProbeLedger, startNs: Int64, bucket: Int, window: Int64) {
+        init(lease: Lease, point: String, startNs: Int64, bucket: Int, window: Int64) {
             self.lease = LeaseFacts(lease)
             self.point = point
             priority = lease.qosClass.classid
-            self.ledger = ledger
             self.startNs = startNs
             self.bucket = bucket
             emittedThrough = window - 1
         }
+    }
+
+    /// A probed session's ledger, boxed (see `Session.probe`).
+    final class ProbeBox {
+        var ledger: ProbeLedger
+        init(_ ledger: ProbeLedger) { self.ledger = ledger }
     }
 
     /// One probe socket (a point and an address family) and its sessions.
@@ -481,14 +489,11 @@ final class ExporterLoop {
         // probe timeout): a window and a timeout of probes, plus one more timeout and 64 of slack
         // for a late loop (rounded up to a power of two by the ledger).
         let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) + 64
-        // A lease that gets no probe session (none configured, or all 65 535 ids taken) keeps
-        // a one-entry ledger.
-        let ledger = ProbeLedger(mode: settings.reflectorMode, capacity: 1)
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
-        let s = Session(lease: lease, point: point, ledger: ledger, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
+        let s = Session(lease: lease, point: point, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
         if settings.probeIntervalMs > 0, let g = group(point, s.family), let ssid = allocateSSID(g) {
-            s.ledger = ProbeLedger(mode: settings.reflectorMode, capacity: cap)
+            s.probe = ProbeBox(ProbeLedger(mode: settings.reflectorMode, capacity: cap))
             s.ssid = ssid
             s.group = g
             g.bySSID[Int(ssid)] = s
@@ -510,7 +515,7 @@ final class ExporterLoop {
         s.endNs = max(at, s.startNs)
         s.endKind = kind
         if s.ssid != 0 { probingCount -= 1 }
-        s.ledger.withdraw(sentAtOrAfter: s.endNs!)
+        s.probe?.ledger.withdraw(sentAtOrAfter: s.endNs!)
         s.finalizeAtNs = now + timeoutNs
         ending.append(s)
         if byMark[s.point]?[lease.mark] == lease.id { byMark[s.point]?[lease.mark] = nil }
@@ -591,8 +596,8 @@ final class ExporterLoop {
             for (k, s) in wheel[b].enumerated() {
                 // Rate-limited: a slot's sessions take turns (k-th session on every stride-th turn).
                 if stride > 1 && (turn + Int64(k)) % stride != 0 { continue }
-                guard s.ssid != 0, let g = s.group else { continue }
-                let seq = s.ledger.send(at: now, window: window)
+                guard s.ssid != 0, let g = s.group, let box = s.probe else { continue }
+                let seq = box.ledger.send(at: now, window: window)
                 STAMPSenderPacket(sequence: seq, timestamp: t1, errorEstimate: errorEstimate, ssid: s.ssid).encode(into: &packet)
                 g.items.append(UDPBatchSocket.Outgoing(offset: sendBuffer.count, length: packet.count, address: s.anchor,
                                                        port: port, priority: s.priority))
@@ -608,11 +613,11 @@ final class ExporterLoop {
             // Each probe's T1 is the kernel's timestamp of it entering the packet scheduler
             // (before the lease's HTB class); without one, the time just before the send call.
             let before = realtimeNanoseconds()
-            for (s, seq) in g.owners { s.ledger.correctSendTime(seq, to: before) }
+            for (s, seq) in g.owners { s.probe?.ledger.correctSendTime(seq, to: before) }
             let n = sendItems(g.point, sock, g.items)
             if perDatagramPriority && sock.lastAttempted < g.items.count {
                 // The socket buffer was full: the rest never left (and are not counted).
-                for (s, seq) in g.owners[sock.lastAttempted...] { s.ledger.withdraw(sequence: seq) }
+                for (s, seq) in g.owners[sock.lastAttempted...] { s.probe?.ledger.withdraw(sequence: seq) }
             }
             if perDatagramPriority && sock.sendTimestamps {
                 g.stamps.removeAll(keepingCapacity: true)
@@ -622,7 +627,7 @@ final class ExporterLoop {
                     g.stamps.sort { Int32(bitPattern: $0.0 &- $1.0) < 0 }
                     for (k, i) in order.enumerated() where i < g.owners.count {
                         let (s, seq) = g.owners[i]
-                        s.ledger.correctSendTime(seq, to: g.stamps[k].1)
+                        s.probe?.ledger.correctSendTime(seq, to: g.stamps[k].1)
                     }
                 }
             }
@@ -675,7 +680,7 @@ final class ExporterLoop {
                 guard meta.port == port, let reply = STAMPReflectorPacket(bytes: bytes), Int(reply.ssid) < g.bySSID.count,
                       let s = g.bySSID[Int(reply.ssid)], meta.address == s.anchor else { return }
                 let t4 = meta.receiveNs != 0 ? meta.receiveNs : realtimeNanoseconds()
-                if case .delay = s.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
+                if case .delay? = s.probe?.ledger.receive(reply, at: t4, currentWindow: window) { received += 1 }
             }
         } catch {
             note("receiving probe replies at \(g.point): \(error)")
@@ -895,8 +900,10 @@ final class ExporterLoop {
         let w = range.upperBound
         let start = max(range.lowerBound * windowNs, s.startNs)
         let end = final ? min((w + 1) * windowNs, s.endNs ?? (w + 1) * windowNs) : (w + 1) * windowNs
-        var stats = s.ledger.finalize(window: range.lowerBound)
-        for x in range.dropFirst() { stats.merge(s.ledger.finalize(window: x)) }
+        var stats = s.probe?.ledger.finalize(window: range.lowerBound) ?? ProbeLedger.WindowStats()
+        if let box = s.probe {
+            for x in range.dropFirst() { stats.merge(box.ledger.finalize(window: x)) }
+        }
         var f = JSON.Object()
         var window = JSON.Object()
         window["start"] = .string(WallTime(nanosecondsSinceEpoch: start).rfc3339)
