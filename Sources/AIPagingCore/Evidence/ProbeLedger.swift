@@ -119,9 +119,9 @@ public struct ProbeLedger: Sendable {
     }
 
     /// `capacity` bounds how many probes can await an answer; it is rounded up to a power of two.
-    /// The ring starts at 4 entries (or `capacity`, if smaller; with a capacity of 1, the ledger of
-    /// a lease that is not probed, it starts empty: no heap block per such lease) and grows on demand: replies come back within milliseconds, so a probe rarely waits
-    /// for an answer while more than a few others are sent.
+    /// The ring starts at 4 entries (or `capacity`, if smaller; with a capacity of 1 it starts
+    /// empty, no heap block until the first probe) and grows on demand: replies come back within
+    /// milliseconds, so a probe rarely waits for an answer while more than a few others are sent.
     public init(mode: ReflectorMode, capacity: Int) {
         self.mode = mode
         var c = 1
