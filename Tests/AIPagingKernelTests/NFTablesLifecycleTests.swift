@@ -43,9 +43,7 @@ import AIPagingCore
     func streamedCounterReadMatchesTheListing() throws {
         try NFT.withNamespace("ctrs") { _, socket in
             try NFT.createSchema(socket)
-            let tx = NFTTransaction()
-            for i in 0..<3_000 { tx.addQoS(mark: 0xa100_0000 | UInt32(i + 1), classid: 0x0100_0002, timeoutMs: 60_000) }
-            try socket.commit(tx)
+            try NFT.addQoSElements(socket, count: 3_000)
             var counters = CompactDictionary<UInt32, NFTQoSCounters>()
             counters[42] = NFTQoSCounters()  // emptied by the read
             try socket.readQoSCounters(into: &counters)
@@ -73,9 +71,7 @@ import AIPagingCore
     func keyedCounterReadMatchesTheDump() throws {
         try NFT.withNamespace("keyed") { _, socket in
             try NFT.createSchema(socket)
-            let tx = NFTTransaction()
-            for i in 0..<1_000 { tx.addQoS(mark: 0xa100_0000 | UInt32(i + 1), classid: 0x0100_0002, timeoutMs: 60_000) }
-            try socket.commit(tx)
+            try NFT.addQoSElements(socket, count: 1_000)
             var dumped = CompactDictionary<UInt32, NFTQoSCounters>()
             try socket.readQoSCounters(into: &dumped)
             var keyed = CompactDictionary<UInt32, NFTQoSCounters>()

@@ -30,6 +30,13 @@ enum NFT {
         try socket.commit(tx)
     }
 
+    /// Commits `count` leases' qos elements (marks 0xa1000001 onwards, 60 s timeouts).
+    static func addQoSElements(_ socket: NFTablesSocket, count: Int) throws {
+        let tx = NFTTransaction()
+        for i in 0..<count { tx.addQoS(mark: 0xa100_0000 | UInt32(i + 1), classid: 0x0100_0002, timeoutMs: 60_000) }
+        try socket.commit(tx)
+    }
+
     /// `nft list ...` output with the parts that change from run to run removed
     /// (`expires 4m59s992ms`).
     static func normalize(_ text: String) -> String {

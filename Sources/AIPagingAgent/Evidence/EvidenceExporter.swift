@@ -50,7 +50,7 @@ public final class EvidenceExporter: Sendable {
         public var probesReceived: UInt64 = 0
         public var windows: UInt64 = 0
         public var counterReads: UInt64 = 0
-        /// How long the last counter read (one dump per point) took.
+        /// How long the last full counter read (one read per point) took.
         public var lastCounterReadMs = 0.0
         public var lastError: String?
         public var priorityMode = "cmsg"
@@ -809,7 +809,7 @@ final class ExporterLoop {
             // the queue and the work owed at stop stay bounded however far behind it fell.
             passes.due(w, snapshot: sessionsInOrder)
         }
-        while passes.active && records.count < finalizeChunk && owner.log.backlog < 4 * finalizeChunk {
+        if owner.log.backlog < 4 * finalizeChunk {
             while records.count < finalizeChunk, let (s, w) = passes.next(snapshot: sessionsInOrder) {
                 guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
@@ -900,9 +900,9 @@ final class ExporterLoop {
         let w = range.upperBound
         let start = max(range.lowerBound * windowNs, s.startNs)
         let end = final ? min((w + 1) * windowNs, s.endNs ?? (w + 1) * windowNs) : (w + 1) * windowNs
-        var stats = s.probe?.ledger.finalize(window: range.lowerBound) ?? ProbeLedger.WindowStats()
+        var stats = ProbeLedger.WindowStats()
         if let box = s.probe {
-            for x in range.dropFirst() { stats.merge(box.ledger.finalize(window: x)) }
+            for x in range { stats.merge(box.ledger.finalize(window: x)) }
         }
         var f = JSON.Object()
         var window = JSON.Object()

@@ -472,6 +472,33 @@ extension NFTablesSocket {
     @inline(__always)
     private func modifyCounters(_ v: inout NFTQoSCounters, _ body: (inout NFTQoSCounters) -> Void) { body(&v) }
 
+    /// Folds one parsed `qos` element's counter into `out` under its mark, in place. Returns the
+    /// key's length when the key is not the schema's (nothing folded), and whether the mark had
+    /// this direction already (a dump that repeated a key).
+    private func foldQoSCounter(_ e: OpaquePointer, into out: inout CompactDictionary<UInt32, NFTQoSCounters>) -> (badKeyLength: Int?, repeated: Bool) {
+        var len: UInt32 = 0
+        guard let p = nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_KEY), &len), len == 8,
+              let dir = NFTConntrackDirection(rawValue: UnsafeRawPointer(p).load(fromByteOffset: 4, as: UInt8.self))
+        else { return (Int(len), false) }
+        let mark = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
+        let c = elementCounter(e) ?? (0, 0)
+        let bit: UInt8 = dir == .original ? 1 : 2
+        var repeated = false
+        // In place (the default subscript yields the stored value).
+        modifyCounters(&out[mark, default: NFTQoSCounters()]) { v in
+            repeated = v.directions & bit != 0
+            v.directions |= bit
+            if dir == .original {
+                v.originalPackets = c.packets
+                v.originalBytes = c.bytes
+            } else {
+                v.replyPackets = c.packets
+                v.replyBytes = c.bytes
+            }
+        }
+        return (nil, repeated)
+    }
+
     private func malformed(_ set: String, _ count: Int) -> KernelError {
         KernelError("NFT_MSG_GETSETELEM", errno: EBADMSG,
                     detail: "an element of \(set) (\(count) key bytes) does not match schema \(AIPagingNFT.schemaVersion); check verifyAIPagingSchema()")
@@ -538,28 +565,9 @@ extension NFTablesSocket {
                 repeated = false
                 badKeyLength = nil
             }) { e in
-                var len: UInt32 = 0
-                guard let p = nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_KEY), &len), len == 8,
-                      let dir = NFTConntrackDirection(rawValue: UnsafeRawPointer(p).load(fromByteOffset: 4, as: UInt8.self))
-                else {
-                    badKeyLength = Int(len)
-                    return
-                }
-                let mark = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
-                let c = elementCounter(e) ?? (0, 0)
-                let bit: UInt8 = dir == .original ? 1 : 2
-                // In place (the default subscript yields the stored value).
-                modifyCounters(&out[mark, default: NFTQoSCounters()]) { v in
-                    if v.directions & bit != 0 { repeated = true }
-                    v.directions |= bit
-                    if dir == .original {
-                        v.originalPackets = c.packets
-                        v.originalBytes = c.bytes
-                    } else {
-                        v.replyPackets = c.packets
-                        v.replyBytes = c.bytes
-                    }
-                }
+                let r = foldQoSCounter(e, into: &out)
+                if let bad = r.badKeyLength { badKeyLength = bad }
+                if r.repeated { repeated = true }
             }
             if let badKeyLength { throw malformed(AIPagingNFT.qos, badKeyLength) }
             if !repeated { return }
@@ -588,26 +596,7 @@ extension NFTablesSocket {
         }
         var badKeyLength: Int? = nil
         let missing = try getElements(table: AIPagingNFT.tableName, set: AIPagingNFT.qos, family: AIPagingNFT.family, keys: keys, keyLength: 8) { e in
-            var len: UInt32 = 0
-            guard let p = nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_KEY), &len), len == 8,
-                  let dir = NFTConntrackDirection(rawValue: UnsafeRawPointer(p).load(fromByteOffset: 4, as: UInt8.self))
-            else {
-                badKeyLength = Int(len)
-                return
-            }
-            let mark = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
-            let c = elementCounter(e) ?? (0, 0)
-            modifyCounters(&out[mark, default: NFTQoSCounters()]) { v in
-                if dir == .original {
-                    v.directions |= 1
-                    v.originalPackets = c.packets
-                    v.originalBytes = c.bytes
-                } else {
-                    v.directions |= 2
-                    v.replyPackets = c.packets
-                    v.replyBytes = c.bytes
-                }
-            }
+            if let bad = foldQoSCounter(e, into: &out).badKeyLength { badKeyLength = bad }
         }
         if let badKeyLength { throw malformed(AIPagingNFT.qos, badKeyLength) }
         return missing

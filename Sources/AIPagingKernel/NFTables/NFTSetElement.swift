@@ -136,14 +136,18 @@ extension NFTablesSocket {
         nftnl_set_set_str(request.raw, UInt16(NFTNL_SET_NAME.rawValue), set)
         try dump(type: UInt16(NFT_MSG_GETSETELEM.rawValue), family: family, what: "elements of \(table) \(set)", onStart: onStart, payload: { nlh in
             nftnl_set_elems_nlmsg_build_payload(nlh, request.raw)
-        }, onMessage: { nlh in
-            let s = NftnlSet()
-            guard nftnl_set_elems_nlmsg_parse(nlh, s.raw) >= 0 else { return }
-            guard let iter = nftnl_set_elems_iter_create(s.raw) else { fatalError("out of memory") }
-            defer { nftnl_set_elems_iter_destroy(iter) }
-            while let e = nftnl_set_elems_iter_next(iter) { body(e) }
-        })
+        }, onMessage: { nlh in forEachParsedElement(in: nlh, body) })
     }
+}
+
+/// Hands each element of one `NFT_MSG_NEWSETELEM` message (a dump's or a GET's reply), parsed by
+/// libnftnl, to `body`.
+func forEachParsedElement(in nlh: UnsafePointer<nlmsghdr>, _ body: (OpaquePointer) -> Void) {
+    let s = NftnlSet()
+    guard nftnl_set_elems_nlmsg_parse(nlh, s.raw) >= 0 else { return }
+    guard let iter = nftnl_set_elems_iter_create(s.raw) else { fatalError("out of memory") }
+    defer { nftnl_set_elems_iter_destroy(iter) }
+    while let e = nftnl_set_elems_iter_next(iter) { body(e) }
 }
 
 /// The `counter` expression of a parsed libnftnl element (a clone of the set's), if it has one.

@@ -534,11 +534,7 @@ public final class NFTablesSocket {
                         break
                     default:
                         answered += 1
-                        let s = NftnlSet()
-                        guard nftnl_set_elems_nlmsg_parse(nlh, s.raw) >= 0,
-                              let iter = nftnl_set_elems_iter_create(s.raw) else { return }
-                        defer { nftnl_set_elems_iter_destroy(iter) }
-                        while let e = nftnl_set_elems_iter_next(iter) { body(e) }
+                        forEachParsedElement(in: UnsafePointer(nlh), body)
                     }
                 }
             }
