@@ -1,12 +1,17 @@
 import AIPagingCore
 import CAIPagingShim
+import Dispatch
+import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The durable lease journal: an append-only file `leases.journal` in the state directory, one
 /// record per line as `CRC32HEX JSON\n`. A batch of records is one write(2) and one
-/// fdatasync(2) (group commit), done before any of the batch's requests is answered.
+/// fdatasync(2) (group commit), done before any of the batch's requests is answered; the lease
+/// service runs that fdatasync on the journal's thread while it changes the kernel
+/// (`beginSync`/`endSync`).
 ///
 /// Why a log and not SQLite: the agent needs exactly "append a batch, make it durable, replay it
 /// at start"; a log does that with one syscall pair per batch and no dependency, and a torn last
@@ -39,7 +44,14 @@ public final class LeaseJournal {
         snapshotBytes = sizeBytes
     }
 
-    deinit { close(fd) }
+    var syncWorker: SyncWorker?
+    var syncInFlight = false
+
+    deinit {
+        if syncInFlight { _ = syncWorker?.wait() }
+        syncWorker?.stop()
+        close(fd)
+    }
 
     static func readBootID() -> String {
         guard let f = fopen("/proc/sys/kernel/random/boot_id", "r") else { return "unknown" }
@@ -110,10 +122,17 @@ public final class LeaseJournal {
     /// too): for records whose loss in a crash changes nothing, such as the end of a lease at its
     /// deadline, which the replay after a crash finds over anyway.
     public func append(_ records: [JournalRecord], clock: ClockReading, durable: Bool = true) throws(JournalError) {
+        try write(records, clock: clock)
+        if durable { try sync() }
+    }
+
+    /// Appends the records with one write(2) and does not wait for the disk: `sync()`, or
+    /// `beginSync()` and `endSync()`, makes them durable. A failed write leaves no partial line.
+    public func write(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
         let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
         var written = 0
         while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
                 let e = errno
@@ -123,10 +142,75 @@ public final class LeaseJournal {
             }
             written += n
         }
-        guard !durable || fdatasync(fd) == 0 else {
+        sizeBytes += bytes.count
+    }
+
+    /// Makes everything written so far durable (fdatasync on this thread).
+    public func sync() throws(JournalError) {
+        guard fdatasync(fd) == 0 else {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))")
         }
-        sizeBytes += bytes.count
+    }
+
+    /// Starts the fdatasync of everything written so far on the journal's own thread and returns
+    /// at once, so the caller can do other work (the lease service changes the kernel) while the
+    /// disk flushes; `endSync()` waits for it. At most one is in flight; the file is not
+    /// compacted or closed before `endSync()`.
+    public func beginSync() {
+        precondition(!syncInFlight, "beginSync while a sync is in flight")
+        syncInFlight = true
+        let worker = syncWorker ?? SyncWorker(name: "aip-journal")
+        syncWorker = worker
+        worker.start(fd)
+    }
+
+    /// Waits for the fdatasync `beginSync()` started; throws if it failed.
+    public func endSync() throws(JournalError) {
+        precondition(syncInFlight, "endSync without beginSync")
+        syncInFlight = false
+        let err = syncWorker!.wait()
+        guard err == 0 else {
+            throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(err)))")
+        }
+    }
+
+    /// One thread that runs fdatasync(2) on request: the request and the answer each cost a
+    /// futex wake.
+    final class SyncWorker: Sendable {
+        let request = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+        /// The file to sync (-1: stop), then the errno of the fdatasync (0: done).
+        let job = Mutex<(fd: Int32, errno: Int32)>((-1, 0))
+
+        init(name: String) {
+            Thread.detachNewThread { [self] in
+                Thread.current.name = name
+                while true {
+                    request.wait()
+                    let fd = job.withLock { $0.fd }
+                    if fd < 0 { return }
+                    let r = fdatasync(fd) == 0 ? 0 : errno
+                    job.withLock { $0.errno = r }
+                    done.signal()
+                }
+            }
+        }
+
+        func start(_ fd: Int32) {
+            job.withLock { $0 = (fd, 0) }
+            request.signal()
+        }
+
+        func wait() -> Int32 {
+            done.wait()
+            return job.withLock { $0.errno }
+        }
+
+        /// Ends the thread (no sync may be in flight).
+        func stop() {
+            job.withLock { $0 = (-1, 0) }
+            request.signal()
+        }
     }
 
     /// CRC-32 of a record line (the shim's slice-by-8; the same value as `CRC32.checksum`).
@@ -140,13 +224,14 @@ public final class LeaseJournal {
 
     /// Rewrites the journal as exactly `records` (the live state), atomically.
     public func compact(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
+        precondition(!syncInFlight, "compact while a sync is in flight")
         let tmp = path + ".tmp"
         let t = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard t >= 0 else { throw JournalError(description: "creating \(tmp): \(String(cString: strerror(errno)))") }
         let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
         var written = 0
         while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { write(t, $0.baseAddress, $0.count) }
+            let n = bytes[written...].withUnsafeBytes { Glibc.write(t, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
                 close(t)

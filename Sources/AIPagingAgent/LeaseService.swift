@@ -410,6 +410,33 @@ public actor LeaseService {
             }
         }
 
+        // Durability overlaps the kernel work: the batch's records are written now, as they will
+        // be if every install succeeds, and their fdatasync runs on the journal's thread while
+        // the kernel is changed below. Nothing is answered before it is done; an install that
+        // fails is corrected in the journal (durably) before its refusal is sent.
+        var journalError: LeaseJournal.JournalError?
+        var syncing = false
+        if let journal {
+            var records = leaseRecords(commits)
+            for (_, _, l) in revokes { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: now.wall, mark: l.mark, point: l.enforcementPoint)) }
+            for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: now.wall, mark: l.mark, point: l.enforcementPoint)) }
+            if !records.isEmpty {
+                do {
+                    try journal.write(records, clock: now)
+                    // Admissions and revokes are answered, so they must be durable first. Ends at
+                    // a deadline (expiry, drain end) answer nobody, and a replay after a crash
+                    // finds those leases over anyway: no fdatasync for them, which would otherwise
+                    // hold up the next batch (the next expiry among them) on this thread.
+                    if !commits.isEmpty || !revokes.isEmpty {
+                        journal.beginSync()
+                        syncing = true
+                    }
+                } catch {
+                    journalError = error
+                }
+            }
+        }
+
         // Apply per enforcement point.
         var failedPoints: [String: EnforcementError] = [:]
         for (name, scope) in scopes.sorted(by: { $0.key < $1.key }) {
@@ -432,13 +459,15 @@ public actor LeaseService {
         }
 
         // Leases whose failed batch is retried one at a time.
+        // Their refusals wait for the journal's correction below.
         var installed = commits
+        var refused: [(CheckedContinuation<CommitOutcome, any Error>, any Error)] = []
         for c in retry {
             let point = c.admission.lease.enforcementPoint
             if points[point]!.needsResync {
                 let e = LeaseError(.enforcementFailed, "enforcement point \(point) could not be reconciled: \(failedPoints[point]?.message ?? "unknown error")")
                 reject(e)
-                c.continuation.resume(throwing: e)
+                refused.append((c.continuation, e))
                 continue
             }
             let single = clock.now()
@@ -453,53 +482,61 @@ public actor LeaseService {
                     _ = resync(point)
                     let e = LeaseError(err.cause, "installing lease \(c.request.leaseID) at \(point) failed, nothing of it remains: \(err.message)")
                     reject(e)
-                    c.continuation.resume(throwing: e)
+                    refused.append((c.continuation, e))
                 } else {
                     installed.append(PendingCommit(request: c.request, continuation: c.continuation, admission: adm))
                 }
             } catch let e as LeaseError {
                 reject(e)
-                c.continuation.resume(throwing: e)
+                refused.append((c.continuation, e))
             } catch {
-                c.continuation.resume(throwing: error)
+                refused.append((c.continuation, error))
             }
         }
 
-        // Durability before any answer: one journal append (one fdatasync) for the batch.
         if let journal {
-            var records: [JournalRecord] = []
-            for c in installed {
-                guard var l = table[c.admission.lease.id] else { continue }
-                if l.state == .admitted { l.state = .active }
-                records.append(.lease(l))
-                if case .relocation(let old) = c.admission.kind, let o = table[old] { records.append(.lease(o)) }
+            if syncing {
+                do { try journal.endSync() } catch { journalError = journalError ?? error }
             }
-            for (_, _, l) in revokes { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
-            for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: applyDone.wall, mark: l.mark, point: l.enforcementPoint)) }
-            if !records.isEmpty {
-                do {
-                    // Admissions and revokes are answered, so they must be durable first. Ends at
-                    // a deadline (expiry, drain end) answer nobody, and a replay after a crash
-                    // finds those leases over anyway: no fdatasync for them, which would otherwise
-                    // hold up the next batch (the next expiry among them) on this thread.
-                    try journal.append(records, clock: applyDone, durable: !installed.isEmpty || !revokes.isEmpty)
-                } catch {
-                    // Not durable, so not acknowledged: undo the admissions (kernel included).
-                    logger.critical("lease journal write failed; refusing the batch's admissions", metadata: ["error": "\(error)"])
-                    var touched: Set<String> = []
-                    for c in installed.reversed() {
-                        table.rollback(c.admission.undo)
-                        touched.insert(c.admission.lease.enforcementPoint)
-                        let e = LeaseError(.enforcementFailed, "lease \(c.request.leaseID) could not be recorded durably (\(error)); nothing of it remains")
-                        reject(e)
-                        c.continuation.resume(throwing: e)
-                    }
-                    installed = []
-                    for name in touched.sorted() { _ = resync(name) }
+            // An install failed: the records written ahead for the batch's commits are corrected
+            // with what the table now holds (a retried lease as installed, a refused one
+            // withdrawn, a relocation's old lease as it was), durably, before anyone is answered.
+            if journalError == nil && !retry.isEmpty {
+                var ids: [LeaseID] = []
+                for c in retry {
+                    ids.append(c.admission.lease.id)
+                    if case .relocation(let old) = c.admission.kind { ids.append(old) }
+                    ids += c.admission.undo.touchedLeaseIDs
                 }
+                var seen = Set<LeaseID>()
+                var records: [JournalRecord] = []
+                for id in ids where seen.insert(id).inserted {
+                    if var l = table[id] {
+                        if l.state == .admitted { l.state = .active }
+                        records.append(.lease(l))
+                    } else {
+                        records.append(.withdrawn(id: id))
+                    }
+                }
+                do { try journal.append(records, clock: clock.now()) } catch { journalError = error }
+            }
+            if let error = journalError {
+                // Not durable, so not acknowledged: undo the admissions (kernel included).
+                logger.critical("lease journal write failed; refusing the batch's admissions", metadata: ["error": "\(error)"])
+                var touched: Set<String> = []
+                for c in installed.reversed() {
+                    table.rollback(c.admission.undo)
+                    touched.insert(c.admission.lease.enforcementPoint)
+                    let e = LeaseError(.enforcementFailed, "lease \(c.request.leaseID) could not be recorded durably (\(error)); nothing of it remains")
+                    reject(e)
+                    c.continuation.resume(throwing: e)
+                }
+                installed = []
+                for name in touched.sorted() { _ = resync(name) }
             }
         }
 
+        for (continuation, error) in refused { continuation.resume(throwing: error) }
         for c in installed { finishCommit(c, at: applyDone) }
         for (_, cont, lease) in revokes {
             stats.revoked += 1
@@ -524,6 +561,19 @@ public actor LeaseService {
         rearm()
         churnSinceTrim += items.count
         lastBatchBoot = applyDone.boot
+    }
+
+    /// The journal records of admitted commits: each lease as it is once installed, and a
+    /// relocation's old lease as it now drains.
+    func leaseRecords(_ commits: [PendingCommit]) -> [JournalRecord] {
+        var records: [JournalRecord] = []
+        for c in commits {
+            guard var l = table[c.admission.lease.id] else { continue }
+            if l.state == .admitted { l.state = .active }
+            records.append(.lease(l))
+            if case .relocation(let old) = c.admission.kind, let o = table[old] { records.append(.lease(o)) }
+        }
+        return records
     }
 
     func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {

@@ -109,6 +109,86 @@ import Testing
     }
 }
 
+extension LeaseJournalTests {
+    /// A batch's journal records are written ahead of its kernel install (their fdatasync runs
+    /// while the kernel is changed), so an install that then fails has to be corrected in the
+    /// journal: after a restart, no refused admission, renewal or relocation comes back.
+    @Test func aRefusedInstallDoesNotComeBackAfterARestart() async throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clock = ManualClock()
+        func service() throws -> LeaseService {
+            LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
+                         backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
+                         journal: try LeaseJournal(stateDir: dir))
+        }
+        let first = try service()
+        _ = try await first.recover()
+        try await first.start()
+        _ = try await first.commit(try CommitDecoder.decode(lease("K1", ttlMs: 10_000)))
+        let k3 = try await first.commit(try CommitDecoder.decode(lease("K3", client: "198.18.1.6", ttlMs: 10_000))).lease
+        _ = try await first.commit(try CommitDecoder.decode(lease("T", client: "198.18.1.5")))
+        _ = try await first.revoke("T")
+
+        // From now on the kernel refuses anything toward the cloud anchor and the steering of
+        // clients .4, .5 and .6 (every retry too).
+        let cloud = IPAddress("198.18.3.2")!
+        let refusedClients: Set<IPAddress> = [IPAddress("198.18.1.4")!, IPAddress("198.18.1.5")!, IPAddress("198.18.1.6")!]
+        _ = await first.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).failWhen = { plan in
+                plan.nft.contains {
+                    switch $0 {
+                    case .addAnchor(_, let a, _, _): return a == cloud
+                    case .addSteer(let c, _, _): return refusedClients.contains(c.client)
+                    default: return false
+                    }
+                }
+            }
+        }
+        clock.advance(milliseconds: 1000)
+        func refused(_ json: JSON) async throws {
+            do {
+                _ = try await first.commit(try CommitDecoder.decode(json))
+                Issue.record("admitted \(json)")
+            } catch let e as LeaseError {
+                #expect(e.cause == .enforcementFailed)
+            }
+        }
+        try await refused(lease("N", client: "198.18.1.4"))                       // a new lease
+        try await refused(lease("T", client: "198.18.1.5", generation: 1))        // an ended id, a newer generation
+        try await refused(lease("K3", client: "198.18.1.6", ttlMs: 20_000))       // a renewal
+        var reloc = try CommitDecoder.decode(lease("K2", anchorID: "cloud-1", anchor: "198.18.3.2", relocates: "K1", drainMs: 3000))
+        reloc.generation = 0
+        do {
+            _ = try await first.commit(reloc)
+            Issue.record("relocation admitted")
+        } catch let e as LeaseError {
+            #expect(e.cause == .enforcementFailed)
+        }
+        #expect(await first.lease("K1")?.state == .active)
+        await first.stop(flush: false)
+
+        let second = try service()
+        let r = try await second.recover()
+        #expect(r.restored == 2 && r.dropped == 0)
+        let n = await second.lease("N"), k2 = await second.lease("K2"), t = await second.lease("T")
+        #expect(n == nil && k2 == nil && t == nil)
+        let k1 = try #require(await second.lease("K1"))
+        #expect(k1.state == .active && k1.replacedBy == nil && k1.drainEndsAt == nil)
+        #expect(await second.lease("K3")?.deadline == k3.deadline)
+        try await second.start()
+        // T's tombstone (generation 0) is back; N never had one.
+        do {
+            _ = try await second.commit(try CommitDecoder.decode(lease("T", client: "198.18.1.5")))
+            Issue.record("replay admitted")
+        } catch let e as LeaseError {
+            #expect(e.cause == .replay)
+        }
+        _ = try await second.commit(try CommitDecoder.decode(lease("N", client: "198.18.1.4")))
+        await second.stop(flush: false)
+    }
+}
+
 @Suite struct ShimCRCTests {
     @Test func shimCRCEqualsTheReference() {
         for n in [0, 1, 7, 8, 9, 63, 64, 1000] {

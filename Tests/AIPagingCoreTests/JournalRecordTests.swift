@@ -52,6 +52,25 @@ import Testing
         #expect(t2.nextSlot(point: "ep") == 500)
     }
 
+    /// `withdrawn` undoes a `lease` record written ahead of a failed install: the lease is gone
+    /// and the tombstone its id had before is back (none if it had none).
+    @Test func replayOfAWithdrawnLease() throws {
+        let a = try lease("a"), b = try lease("b")
+        let end = JournalRecord.ended(id: "b", state: .revoked, generation: 4, at: Fixture.now.wall, mark: b.mark, point: "ep")
+        var b5 = b
+        b5.request.generation = 5
+        let records: [JournalRecord] = [.lease(b), end, .lease(a), .lease(b5), .withdrawn(id: "a"), .withdrawn(id: "b")]
+        let (t, dropped) = LeaseTable.replay(records, now: Fixture.now.boot, groupSize: 256)
+        #expect(t.leases.isEmpty && dropped.isEmpty)
+        #expect(t.endedGenerations["b"] == 4 && t.endedGenerations["a"] == nil)
+        // A later admission of the id stands.
+        let (t2, _) = LeaseTable.replay(records + [.lease(a)], now: Fixture.now.boot, groupSize: 256)
+        #expect(Set(t2.leases.keys) == ["a"])
+        // Round trip.
+        let json = JournalRecord.withdrawn(id: "a").json(bootID: "x", clock: Fixture.now)
+        #expect(try JournalRecord.decode(json, bootID: "x", clock: Fixture.now) == .withdrawn(id: "a"))
+    }
+
     @Test func crc32MatchesZlib() {
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
         #expect(CRC32.checksum([]) == 0)

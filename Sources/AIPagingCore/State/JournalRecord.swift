@@ -9,6 +9,11 @@ public enum JournalRecord: Equatable, Sendable {
     case ended(id: LeaseID, state: LeaseState, generation: UInt64, at: WallTime, mark: UInt32, point: String)
     /// Where the mark rotation of an enforcement point continues (written at compaction).
     case cursor(point: String, nextSlot: UInt32)
+    /// A lease whose `lease` record was written ahead of its kernel install, and whose install
+    /// then failed: the admission is undone as if it never was (no tombstone; a tombstone the id
+    /// had before comes back). The lease service writes a batch's records while the kernel is
+    /// being changed, so their fdatasync overlaps the kernel work; this record corrects them.
+    case withdrawn(id: LeaseID)
 
     public struct DecodeError: Error, Sendable, CustomStringConvertible, Equatable {
         public var description: String
@@ -50,6 +55,8 @@ public enum JournalRecord: Equatable, Sendable {
         case .ended(let id, let state, let g, let at, let mark, let point):
             return ["op": "ended", "lease_id": .string(id), "state": .string(state.rawValue), "generation": .int(g),
                     "at_wall_ns": .int(at.nanosecondsSinceEpoch), "mark": .int(mark), "point": .string(point)]
+        case .withdrawn(let id):
+            return ["op": "withdrawn", "lease_id": .string(id)]
         }
     }
 
@@ -74,6 +81,8 @@ public enum JournalRecord: Equatable, Sendable {
             return .ended(id: try string("lease_id"), state: state, generation: UInt64(max(0, try int("generation"))),
                           at: WallTime(nanosecondsSinceEpoch: try int("at_wall_ns")), mark: UInt32(truncatingIfNeeded: try int("mark")),
                           point: try string("point"))
+        case "withdrawn":
+            return .withdrawn(id: try string("lease_id"))
         case "lease":
             guard let reqJSON = o["request"] else { throw fail("lease: request missing") }
             let request: CommitRequest
@@ -109,11 +118,14 @@ public enum JournalRecord: Equatable, Sendable {
 extension LeaseTable {
     /// Rebuilds the table from journal records (in journal order): the last record of a lease
     /// wins; leases whose deadline passed while the agent was down are dropped (their generation
-    /// kept); the mark rotation continues after the highest mark seen.
+    /// kept); the mark rotation continues after the highest mark seen; a `withdrawn` lease is
+    /// forgotten with the tombstone its id had before its `lease` record back.
     public static func replay(_ records: [JournalRecord], now: BootInstant, groupSize: Int) -> (LeaseTable, dropped: [Lease]) {
         var latest: [LeaseID: Lease] = [:]
         var order: [LeaseID] = []
         var ended: [LeaseID: (UInt64, WallTime)] = [:]
+        /// The tombstone a `lease` record cleared, for a `withdrawn` that follows it.
+        var cleared: [LeaseID: (UInt64, WallTime)] = [:]
         var maxSlot: [String: UInt32] = [:]
         func seeMark(_ point: String, _ mark: UInt32) {
             let slot = mark & Layout.maxSlot
@@ -123,7 +135,7 @@ extension LeaseTable {
             switch r {
             case .lease(let l):
                 if latest.updateValue(l, forKey: l.id) == nil { order.append(l.id) }
-                ended[l.id] = nil
+                if let t = ended.removeValue(forKey: l.id) { cleared[l.id] = t }
                 seeMark(l.enforcementPoint, l.mark)
             case .ended(let id, _, let g, let at, let mark, let point):
                 // Retention counts from the later of the end and the lease's expiry.
@@ -131,7 +143,11 @@ extension LeaseTable {
                 if let l = latest[id], at < l.expiresAt { from = l.expiresAt }
                 if let (pg, pf) = ended[id], pg > g || (pg == g && from < pf) { ended[id] = (pg, pf) } else { ended[id] = (g, from) }
                 latest[id] = nil
+                cleared[id] = nil
                 if mark != 0 { seeMark(point, mark) }
+            case .withdrawn(let id):
+                latest[id] = nil
+                ended[id] = cleared.removeValue(forKey: id)
             case .cursor(let point, let next):
                 maxSlot[point] = max(maxSlot[point] ?? 0, next > 0 ? next - 1 : 0)
             }
