@@ -7,6 +7,8 @@
 #include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <linux/netlink.h>
+#include <linux/filter.h>
+#include <arpa/inet.h>
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <malloc.h>
@@ -116,3 +118,19 @@ void aip_malloc_tune(void) {
  * otherwise, so RSS would stay at the highest burst). It walks the heap with the arenas locked
  * (milliseconds for hundreds of MB): the agent calls it only when idle. */
 void aip_malloc_trim(void) { malloc_trim(0); }
+
+int aip_netlink_drop_ports(int fd, const uint32_t *ports, int n) {
+    if (n < 0 || n > 32) return -EINVAL;
+    struct sock_filter prog[1 + 32 + 2];
+    int i = 0;
+    /* A = nlmsg_pid: bytes 12..15 of the datagram, which an absolute load reads big-endian. */
+    prog[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 12);
+    for (int k = 0; k < n; k++) {
+        /* equal: jump over the remaining n-k-1 tests and the accept, to the drop */
+        prog[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ntohl(ports[k]), (uint8_t)(n - k), 0);
+    }
+    prog[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0xffffffffu);   /* accept */
+    prog[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0);             /* drop */
+    struct sock_fprog fp = { .len = (unsigned short)i, .filter = prog };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp) == 0 ? 0 : -errno;
+}

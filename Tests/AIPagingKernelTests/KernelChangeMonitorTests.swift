@@ -104,15 +104,28 @@ import Testing
         let ifindex = try route.interfaceIndex(named: "m0")
         try tc.ensureSkeleton(ifindex: ifindex, capacityKbit: 100_000)
         try tc.addGroup(ifindex: ifindex, group: 0x100, prio: 1, rateKbit: 1000, capacityKbit: 100_000)
-        try tc.addLeaf(ifindex: ifindex, TCHandle(major: 0x100, minor: 2), HTBClassParameters(rateKbit: 1000, ceilKbit: 2000, prio: 1))
+        try await Task.sleep(for: .milliseconds(50))
+        // (The skeleton's filter chain is announced by the kernel itself, port 0: foreign to the
+        // filter, not relevant to the monitor.) Per lease: a leaf class and elements.
+        let beforeLeases = monitor.datagramsReceived
+        for minor in UInt16(2)...9 {
+            try tc.addLeaf(ifindex: ifindex, TCHandle(major: 0x100, minor: minor), HTBClassParameters(rateKbit: 1000, ceilKbit: 2000, prio: 1))
+            let more = NFTTransaction()
+            more.addSteering(NFTSteeringKey(client: IPAddress("198.18.1.\(minor + 10)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000)!,
+                             mark: 0xa100_0000 | UInt32(minor), timeoutMs: 60_000)
+            try nft.commit(more)
+        }
         try await Task.sleep(for: .milliseconds(150))
         #expect(reports.withLock { $0.isEmpty }, "own changes reported: \(reports.withLock { $0.map(\.changes) })")
+        // The kernel dropped them before they reached the monitor's queues (socket filter).
+        #expect(monitor.datagramsReceived == beforeLeases)
 
         // Someone else's.
         _ = try await offPool { try ns.exec(["nft", "delete", "element", "inet", "aipaging", "lease4", "{ 198.18.1.2 . 198.18.100.10 . udp . 7000 }"]) }
         _ = try await offPool { try ns.exec(["tc", "class", "del", "dev", "m0", "classid", "100:2"]) }
         try await Task.sleep(for: .milliseconds(200))
         let seen = reports.withLock { $0 }
+        #expect(monitor.datagramsReceived >= 2)
         let all = seen.flatMap(\.changes)
         #expect(all.contains { $0.subsystem == .nftables && $0.operation == "delsetelem" && $0.object == "inet aipaging lease4" })
         #expect(all.contains { $0.subsystem == .tc && $0.operation == "deltclass" && $0.object.hasSuffix("handle 100:2 parent 100:1") })
@@ -144,6 +157,7 @@ import Testing
         try nft.commit(tx)
         try await Task.sleep(for: .milliseconds(300))
         let seen = reports.withLock { $0 }
+        #expect(monitor.datagramsReceived == 0)
         #expect(seen.isEmpty, "reported: \(seen.map { "lost=\($0.lost) \($0.changes.prefix(3))" })")
     }
 }

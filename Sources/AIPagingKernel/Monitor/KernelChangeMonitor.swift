@@ -81,6 +81,10 @@ public final class KernelChangeMonitor: Sendable {
     /// The listening sockets' own port ids (diagnostics).
     public let nftablesPortID: UInt32
     public let routePortID: UInt32
+    /// Datagrams the monitor has read (its own changes are not among them: the kernel drops
+    /// them before they are queued).
+    public var datagramsReceived: Int { received.value.load(ordering: .relaxed) }
+    private let received = SharedCounter()
     private let thread: Mutex<pthread_t?>
     private let stopWrite: Int32
     private let stopped = Atomic<Bool>(false)
@@ -121,6 +125,13 @@ public final class KernelChangeMonitor: Sendable {
         try join(routeFD, UInt32(RTNLGRP_TC.rawValue), "RTNLGRP_TC")
         nftablesPortID = netlinkPortID(fd: nftFD)
         routePortID = netlinkPortID(fd: routeFD)
+        // The agent's own changes are dropped by the kernel (a socket filter on nlmsg_pid), so
+        // each of them costs no wakeup of this thread and no receive-queue space; the check
+        // by port id below stays, for a kernel that refuses the filter.
+        let ownPorts = Array(ownPortIDs.prefix(32))
+        for fd in [nftFD, routeFD] where !ownPorts.isEmpty {
+            _ = ownPorts.withUnsafeBufferPointer { aip_netlink_drop_ports(fd, $0.baseAddress, Int32($0.count)) }
+        }
 
         var pipeFDs: [Int32] = [-1, -1]
         if pipe(&pipeFDs) != 0 {
@@ -131,7 +142,7 @@ public final class KernelChangeMonitor: Sendable {
         }
         for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         stopWrite = pipeFDs[1]
-        let loop = MonitorLoop(nftFD: nftFD, routeFD: routeFD, stopRead: pipeFDs[0], ignoring: ownPortIDs,
+        let loop = MonitorLoop(nftFD: nftFD, routeFD: routeFD, stopRead: pipeFDs[0], ignoring: ownPortIDs, received: received,
                                debounceNs: UInt64(debounce.components.seconds) * 1_000_000_000
                                    + UInt64(debounce.components.attoseconds / 1_000_000_000),
                                onChange: onChange)
@@ -268,6 +279,11 @@ public final class KernelChangeMonitor: Sendable {
     }
 }
 
+/// A count two threads share.
+final class SharedCounter: Sendable {
+    let value = Atomic<Int>(0)
+}
+
 /// The monitor thread's state. Owned by that thread alone: created before it starts, handed
 /// over through `pthread_create`, and never touched by any other thread afterwards.
 private final class MonitorLoop {
@@ -282,8 +298,11 @@ private final class MonitorLoop {
     var windowEnd: UInt64?
     var origins: [UInt32: String] = [:]
 
-    init(nftFD: Int32, routeFD: Int32, stopRead: Int32, ignoring own: Set<UInt32>, debounceNs: UInt64,
+    let received: SharedCounter
+
+    init(nftFD: Int32, routeFD: Int32, stopRead: Int32, ignoring own: Set<UInt32>, received: SharedCounter, debounceNs: UInt64,
          onChange: @escaping @Sendable (KernelChangeMonitor.Report) -> Void) {
+        self.received = received
         self.nftFD = nftFD
         self.routeFD = routeFD
         self.stopRead = stopRead
@@ -338,6 +357,7 @@ private final class MonitorLoop {
                 }
             }
             if n == 0 { return }
+            received.value.add(1, ordering: .relaxed)
             let datagram = UnsafeRawBufferPointer(start: buffer.baseAddress, count: n)
             let changes = nftables
                 ? KernelChangeMonitor.nftablesChanges(in: datagram, ignoring: own, origins: &origins)

@@ -78,6 +78,14 @@ int aip_tc_bpf_load_priority_to_class(uint16_t qdisc_major, uint16_t first_group
                                       char *log, uint32_t log_size);
 // --- end tc / conntrack / route ---
 
+/// Attaches a classic BPF socket filter to the netlink socket `fd` that drops every datagram
+/// whose first message header carries one of the `n` (at most 32) port ids `ports` in
+/// `nlmsg_pid`: the kernel then neither queues those notifications nor wakes the reader. (One
+/// notification datagram comes from one origin: rtnetlink sends one message per datagram, and
+/// nf_tables batches a transaction's notifications, all from the port that sent it.) Returns 0
+/// or -errno.
+int aip_netlink_drop_ports(int fd, const uint32_t *ports, int n);
+
 
 // --- UDP batches (udp_shim.c): the STAMP prober and reflector ---
 
