@@ -509,15 +509,7 @@ public actor LeaseService {
                     ids += c.admission.undo.touchedLeaseIDs
                 }
                 var seen = Set<LeaseID>()
-                var records: [JournalRecord] = []
-                for id in ids where seen.insert(id).inserted {
-                    if var l = table[id] {
-                        if l.state == .admitted { l.state = .active }
-                        records.append(.lease(l))
-                    } else {
-                        records.append(.withdrawn(id: id))
-                    }
-                }
+                let records = ids.filter { seen.insert($0).inserted }.map(journalRecord)
                 do { try journal.append(records, clock: clock.now()) } catch { journalError = error }
             }
             if let error = journalError {
@@ -568,12 +560,18 @@ public actor LeaseService {
     func leaseRecords(_ commits: [PendingCommit]) -> [JournalRecord] {
         var records: [JournalRecord] = []
         for c in commits {
-            guard var l = table[c.admission.lease.id] else { continue }
-            if l.state == .admitted { l.state = .active }
-            records.append(.lease(l))
-            if case .relocation(let old) = c.admission.kind, let o = table[old] { records.append(.lease(o)) }
+            records.append(journalRecord(c.admission.lease.id))
+            if case .relocation(let old) = c.admission.kind { records.append(journalRecord(old)) }
         }
         return records
+    }
+
+    /// What the journal is to say of lease `id` now: the lease as it is once installed, or
+    /// `withdrawn` when the table no longer has it (its admission was undone).
+    func journalRecord(_ id: LeaseID) -> JournalRecord {
+        guard var l = table[id] else { return .withdrawn(id: id) }
+        if l.state == .admitted { l.state = .active }
+        return .lease(l)
     }
 
     func admit(_ req: CommitRequest, now: ClockReading) throws -> Admission {
