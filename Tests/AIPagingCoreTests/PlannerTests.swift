@@ -267,3 +267,39 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct MarkBlocksTests {
+    func expand(_ blocks: [(value: UInt32, mask: UInt32)]) -> [UInt32] {
+        blocks.flatMap { b in (0..<(Int(~b.mask) + 1)).map { b.value + UInt32($0) } }
+    }
+
+    @Test func consecutiveMarksAreAFewBlocks() {
+        let p = Layout.markPrefix
+        let run = (0x100..<0x140).map { p | UInt32($0) }            // 64, aligned
+        #expect(MarkBlocks.cover(run).count == 1)
+        #expect(MarkBlocks.cover(run).first?.mask == 0xffff_ffc0)
+        let odd = (0x101..<0x141).map { p | UInt32($0) }            // 64, not aligned
+        #expect(MarkBlocks.cover(odd).count <= 12)
+        #expect(expand(MarkBlocks.cover(odd)).sorted() == odd)
+        #expect(MarkBlocks.cover([p | 7]).map(\.mask) == [0xffff_ffff])
+        #expect(MarkBlocks.cover([UInt32]()).isEmpty)
+    }
+
+    /// The blocks cover exactly the set: no mark outside it (another lease's flows), none missed.
+    @Test func blocksCoverExactlyTheSet() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let base = Layout.markPrefix | UInt32.random(in: 0..<0x1000, using: &rng)
+            var set = Set<UInt32>()
+            for _ in 0..<Int.random(in: 1...80, using: &rng) {
+                let start = base &+ UInt32.random(in: 0..<300, using: &rng)
+                for k in 0..<UInt32.random(in: 1...40, using: &rng) { set.insert(start &+ k) }
+            }
+            let blocks = MarkBlocks.cover(set)
+            let covered = expand(blocks)
+            #expect(covered.count == set.count && Set(covered) == set)
+            // (expand lists exactly the marks a block matches)
+            for b in blocks { #expect(b.value & ~b.mask == 0) }      // aligned
+        }
+    }
+}

@@ -96,6 +96,38 @@ extension Live {
             }
         }
 
+        /// Leases that end together are flushed by aligned blocks of their marks (one table walk
+        /// per block): the flows of exactly those marks go, a neighbouring mark's flows stay.
+        @Test(.enabled(if: Shell.isRoot))
+        func blockFlushDeletesExactlyTheMarksOfTheSet() throws {
+            try RouterLab.with("ctb") { lab in
+                try lab.router.exec(["nft", "-f", "-"], input: """
+                table inet aipt {
+                  chain steer {
+                    type filter hook forward priority 0; policy accept;
+                    ct mark set udp dport map { 7010 : 0xa1000003, 7011 : 0xa1000004, 7012 : 0xa1000005, 7013 : 0xa1000006, 7014 : 0xa1000007 }
+                  }
+                }
+                """)
+                try lab.client.exec(["python3", "-c", """
+                import socket, time
+                for dst in ('\(RouterLab.anchorV4)', '\(RouterLab.anchorV6)'):
+                    fam = socket.AF_INET6 if ':' in dst else socket.AF_INET
+                    for dport in range(7010, 7015):
+                        s = socket.socket(fam, socket.SOCK_DGRAM); s.sendto(b'x', (dst, dport)); s.close()
+                time.sleep(0.2)
+                """])
+                let ct = try ConntrackSocket(namespace: .named(lab.router.name))
+                func marks() throws -> [UInt32] { try CTLine.load(lab.router).map(\.mark).sorted() }
+                #expect(try marks() == [3, 3, 4, 4, 5, 5, 6, 6, 7, 7].map { 0xa100_0000 | UInt32($0) })
+                let ending: [UInt32] = [0xa100_0004, 0xa100_0005, 0xa100_0006]
+                let blocks = MarkBlocks.cover(ending)
+                #expect(blocks.count == 2)   // 4–5 and 6
+                for b in blocks { try ct.deleteEntries(markedWith: b.value, mask: b.mask) }
+                #expect(try marks() == [0xa100_0003, 0xa100_0003, 0xa100_0007, 0xa100_0007])
+            }
+        }
+
         @Test(.enabled(if: Shell.isRoot))
         func classifierDeleteRemovesOnlyUnmarkedEntriesOfThatTuple() throws {
             try RouterLab.with("ctc") { lab in
