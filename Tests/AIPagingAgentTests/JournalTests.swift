@@ -189,6 +189,32 @@ extension LeaseJournalTests {
     }
 }
 
+extension LeaseJournalTests {
+    /// A commit whose journal record cannot be written (the disk is full) is refused with its
+    /// cause, and nothing of it stays in the kernel, although the records now go out before the
+    /// kernel install.
+    @Test func aCommitThatCannotBeJournaledIsRefusedAndLeavesNoKernelState() async throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createSymbolicLink(atPath: dir + "/leases.journal", withDestinationPath: "/dev/full")
+        let clock = ManualClock()
+        let service = LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
+                                   backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
+                                   journal: try LeaseJournal(stateDir: dir))
+        try await service.start()
+        do {
+            _ = try await service.commit(try CommitDecoder.decode(lease("F")))
+            Issue.record("admitted without a durable record")
+        } catch let e as LeaseError {
+            #expect(e.cause == .enforcementFailed && e.message.contains("could not be recorded durably"), "\(e)")
+        }
+        #expect(await service.lease("F") == nil)
+        let kernel = try await service.observeKernel("ep")
+        #expect(kernel.steering.isEmpty && kernel.anchors.isEmpty && kernel.qos.isEmpty && kernel.leafCount == 0)
+        await service.stop(flush: false)
+    }
+}
+
 @Suite struct ShimCRCTests {
     @Test func shimCRCEqualsTheReference() {
         for n in [0, 1, 7, 8, 9, 63, 64, 1000] {
