@@ -359,13 +359,11 @@ public final class KernelBackend: EnforcementBackend {
     /// consecutive marks (`MarkBlocks`), since each flush walks the whole conntrack table.
     func flush(_ marks: [UInt32]) {
         for b in MarkBlocks.cover(marks) {
-            let size = Int(~b.mask) + 1
-            let members = (0..<size).map { b.value + UInt32($0) }
             do {
                 try ct.deleteEntries(markedWith: b.value, mask: b.mask)
-                for m in members { pendingFlushes.remove(m) }
+                if !pendingFlushes.isEmpty { pendingFlushes = pendingFlushes.filter { $0 & b.mask != b.value } }
             } catch {
-                for m in members { pendingFlushes.insert(m) }
+                for k in 0...(~b.mask) { pendingFlushes.insert(b.value + k) }
                 logger.warning("could not delete conntrack entries of lease marks; retrying later",
                                metadata: ["marks": "\(String(b.value, radix: 16))/\(String(b.mask, radix: 16))", "error": "\(error)"])
             }

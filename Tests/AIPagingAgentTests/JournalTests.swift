@@ -21,6 +21,13 @@ import Testing
                      qosClass: QoSClassRef(interface: "eth0", major: 0x100, minor: 2))
     }
 
+    /// A lease service on one enforcement point with an in-memory kernel and its journal in `dir`.
+    func journaledService(_ dir: String, _ clock: ManualClock) throws -> LeaseService {
+        LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
+                     backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
+                     journal: try LeaseJournal(stateDir: dir))
+    }
+
     @Test func appendsLoadsAndCutsATornTail() throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -73,11 +80,7 @@ import Testing
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = ManualClock()
-        func service() throws -> LeaseService {
-            LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
-                         backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
-                         journal: try LeaseJournal(stateDir: dir))
-        }
+        func service() throws -> LeaseService { try journaledService(dir, clock) }
         let first = try service()
         _ = try await first.recover()
         try await first.start()
@@ -117,11 +120,7 @@ extension LeaseJournalTests {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = ManualClock()
-        func service() throws -> LeaseService {
-            LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
-                         backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
-                         journal: try LeaseJournal(stateDir: dir))
-        }
+        func service() throws -> LeaseService { try journaledService(dir, clock) }
         let first = try service()
         _ = try await first.recover()
         try await first.start()
@@ -198,9 +197,7 @@ extension LeaseJournalTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createSymbolicLink(atPath: dir + "/leases.journal", withDestinationPath: "/dev/full")
         let clock = ManualClock()
-        let service = LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
-                                   backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
-                                   journal: try LeaseJournal(stateDir: dir))
+        let service = try journaledService(dir, clock)
         try await service.start()
         do {
             _ = try await service.commit(try CommitDecoder.decode(lease("F")))
