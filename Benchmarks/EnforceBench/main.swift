@@ -38,7 +38,16 @@ func parseOptions() -> Options {
         case "--naive-max": opt.naiveMax = Int(args.popFirst()!)!
         case "--agent-config": opt.agentConfig = args.popFirst()!
         case "--hold": opt.hold = Int(args.popFirst()!)!
-        default: fatalError("unknown option \(a)")
+        default:
+            FileHandle.standardError.write(Data("""
+                unknown option \(a)
+                usage: EnforceBench --agent PATH [--repo DIR] [--levels N,N,...] [--samples N] [--clients N]
+                                    [--naive-max N] [--agent-config FILE] [--hold SECONDS]
+                environment: AIP_BENCH_AGENT_LOG=FILE keeps the agent's stderr;
+                             AIP_BENCH_SAMPLES=FILE appends every install/revoke sample (level, start, ms)
+
+                """.utf8))
+            exit(2)
         }
     }
     return opt
@@ -339,6 +348,11 @@ struct Row {
     var steeredAfter = 0, probesAfter = 0
 }
 var rows: [Row] = []
+/// AIP_BENCH_SAMPLES=FILE: every single install/revoke sample, for a look at where the tail is.
+let sampleLog: FileHandle? = ProcessInfo.processInfo.environment["AIP_BENCH_SAMPLES"].flatMap { path in
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    return FileHandle(forWritingAtPath: path)
+}
 var active = 0
 var serial = 1_000_000
 for level in opt.levels {
@@ -377,6 +391,7 @@ for level in opt.levels {
         let t2 = now()
         installs.append(Double(t1 - t0) / 1e6)
         revokes.append(Double(t2 - t1) / 1e6)
+        sampleLog?.write(Data("\(level) \(t0) install \(f(Double(t1 - t0) / 1e6, 3)) revoke \(f(Double(t2 - t1) / 1e6, 3))\n".utf8))
     }
     row.installP50 = pct(installs, 0.5); row.installP99 = pct(installs, 0.99)
     row.revokeP50 = pct(revokes, 0.5); row.revokeP99 = pct(revokes, 0.99)

@@ -32,6 +32,10 @@ public struct AgentConfig: Sendable, Equatable {
     /// the shared thread is faster for single PUTs (3 050 vs 2 410 leases/s at 10 000 active)
     /// and the separate one for batches (6 000 vs 4 800 leases/s); see the README.
     public var httpThread = false
+    /// Nice value of the threads controllers wait on: the lease service's and the journal's
+    /// (`lease_thread_nice`, -20...19, default -10; 0 leaves them at the process's). See
+    /// `ThreadScheduling`.
+    public var leaseThreadNice = -10
 
     public static let defaultCapacityKbit: UInt64 = 1_000_000
 
@@ -56,7 +60,7 @@ public struct AgentConfig: Sendable, Equatable {
         var c = AgentConfig()
         let known: Set<String> = ["socket", "socket_mode", "socket_group", "state_dir", "policy", "flush_on_exit", "group_size",
                                   "enforcement_points", "max_body_bytes", "max_batch_body_bytes", "request_timeout_ms", "log_level",
-                                  "reconcile_interval_ms", "drift_repair", "http_thread", "comment",
+                                  "reconcile_interval_ms", "drift_repair", "http_thread", "lease_thread_nice", "comment",
                                   "evidence_window_ms", "probe_interval_ms", "max_probe_rate", "probe_timeout_ms", "probe_port", "probe_reflector",
                                   "counter_interval_ms", "evidence_sync_ms", "evidence_segment_bytes", "metrics_max_aisi"]
         for k in root.keys where !known.contains(k) && !k.hasPrefix("x-") { throw fail("unknown key \"\(k)\"") }
@@ -97,6 +101,7 @@ public struct AgentConfig: Sendable, Equatable {
             guard let n = v.int64Value, range.contains(n) else { throw fail("\(key) must be an integer in \(range.lowerBound)...\(range.upperBound)") }
             return Int(n)
         }
+        if let n = try int("lease_thread_nice", -20...19) { c.leaseThreadNice = n }
         if let n = try int("evidence_window_ms", 1000...60_000) { c.evidence.windowMs = n }
         if let n = try int("probe_interval_ms", 0...60_000) { c.evidence.probeIntervalMs = n }
         if let n = try int("max_probe_rate", 0...10_000_000) { c.evidence.maxProbeRate = n }

@@ -34,6 +34,7 @@ public final class AgentRuntime: Sendable {
         self.loopGroup = loopGroup
         let serviceLoop = loopGroup.next()
         serviceExecutor = EventLoopTaskExecutor(serviceLoop)
+        serviceLoop.execute { ThreadScheduling.enterLatencyCritical(.lease) }
         // Points with a real kernel are measured in their namespace; others (the in-memory test
         // backend) get lifecycle records and windows without probes or counters.
         evidencePoints = points.map { p in

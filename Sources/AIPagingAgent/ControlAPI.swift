@@ -445,6 +445,7 @@ public struct ControlAPI: Sendable {
                         "expiry_lateness": snapshot.stats.expiryLateness.summary]
         o["evidence"] = evidenceStatus()
         o["memory"] = Self.memoryStatus(snapshot.stats)
+        o["scheduling"] = ThreadScheduling.status
         return .json(200, .object(o))
     }
 }

@@ -122,6 +122,7 @@ public final class ControlServer: Sendable {
         self.ownsGroup = group == nil
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.executor = EventLoopTaskExecutor(self.group.next())
+        if ownsGroup { self.group.next().execute { ThreadScheduling.enterLatencyCritical(.http) } }
         self.logger = logger
     }
 

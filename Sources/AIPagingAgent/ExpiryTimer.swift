@@ -49,6 +49,8 @@ public final class ExpiryTimer: Sendable {
     }
 
     private func loop() {
+        aip_thread_set_name("aip-expiry")
+        ThreadScheduling.enterLatencyCritical(.expiry)   // wakes the lease thread at a deadline
         var expirations: UInt64 = 0
         while true {
             let n = read(fd, &expirations, 8)

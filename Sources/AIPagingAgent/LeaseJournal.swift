@@ -185,6 +185,7 @@ public final class LeaseJournal {
         init(name: String) {
             Thread.detachNewThread { [self] in
                 Thread.current.name = name
+                ThreadScheduling.enterLatencyCritical(.journal)   // replies wait for its fdatasync
                 while true {
                     request.wait()
                     let fd = job.withLock { $0.fd }

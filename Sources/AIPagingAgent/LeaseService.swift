@@ -133,6 +133,7 @@ public actor LeaseService {
             let t = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             self.thread = t
             self.loop = t.next()
+            self.loop.execute { ThreadScheduling.enterLatencyCritical(.lease) }
         }
         self.table = LeaseTable(groupSize: groupSize)
         for c in configs {

@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <stdio.h>
 #include <stdatomic.h>
+#include <pthread.h>
 
 int aip_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 int aip_unshare_net(void) { return unshare(CLONE_NEWNET); }
@@ -84,6 +85,37 @@ uint32_t aip_crc32(uint32_t crc, const void *data, size_t len) {
 int aip_thread_set_nice(int nice) {
     pid_t tid = (pid_t)syscall(SYS_gettid);
     return setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0 ? 0 : -errno;
+}
+
+void aip_thread_set_name(const char *name) { (void)pthread_setname_np(pthread_self(), name); }
+
+/* struct sched_attr of sched_setattr(2); glibc 2.36 has no wrapper. */
+struct aip_sched_attr {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+    uint32_t sched_util_min, sched_util_max;
+};
+
+int aip_thread_set_slice(uint64_t slice_ns) {
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    struct aip_sched_attr a = {0};
+    a.size = sizeof(a);
+    a.sched_policy = SCHED_OTHER;
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (errno != 0) return -errno;
+    a.sched_nice = nice;
+    a.sched_runtime = slice_ns;
+    /* Threads this one starts get nice 0 and the default slice, not its own. */
+    a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
+    if (syscall(SYS_sched_setattr, tid, &a, 0) != 0) return -errno;
+    /* Kernels before 6.12 accept and ignore sched_runtime for SCHED_OTHER: read it back. */
+    struct aip_sched_attr got = {0};
+    if (syscall(SYS_sched_getattr, tid, &got, sizeof(got), 0) != 0) return -errno;
+    return got.sched_runtime == 0 ? -EOPNOTSUPP : 0;
 }
 
 

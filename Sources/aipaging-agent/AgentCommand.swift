@@ -50,6 +50,7 @@ struct AgentCommand: AsyncParsableCommand {
         let level = Logger.Level(rawValue: logLevel ?? cfg.logLevel) ?? .info
         LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
         let logger = Logger(label: "aipaging")
+        ThreadScheduling.configure(latencyNice: cfg.leaseThreadNice)   // before any thread starts
 
         let pol = try loadPolicy(cfg.policyPath, logger: logger)
         let points = cfg.effectivePoints(policy: pol, capacityFlag: capacityKbit)

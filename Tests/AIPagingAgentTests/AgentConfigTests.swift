@@ -13,19 +13,21 @@ import Testing
         let c = try parse("""
         {"socket": "/run/x.sock", "state_dir": "/var/lib/x", "flush_on_exit": true, "group_size": 128,
          "http_thread": true, "drift_repair": false, "reconcile_interval_ms": 0,
-         "evidence_window_ms": 2000, "probe_interval_ms": 0, "max_probe_rate": 500, "x-note": "ignored"}
+         "evidence_window_ms": 2000, "probe_interval_ms": 0, "max_probe_rate": 500, "lease_thread_nice": -5, "x-note": "ignored"}
         """)
+        #expect(c.leaseThreadNice == -5)
         #expect(c.socketPath == "/run/x.sock" && c.stateDir == "/var/lib/x" && c.flushOnExit && c.groupSize == 128)
         #expect(c.httpThread && !c.driftRepair && c.reconcileIntervalMs == 0)
         #expect(c.evidence.windowMs == 2000 && c.evidence.probeIntervalMs == 0 && c.evidence.maxProbeRate == 500)
         let d = try parse("{}")
-        #expect(!d.httpThread && d.driftRepair && d.groupSize == Layout.defaultGroupSize)
+        #expect(!d.httpThread && d.driftRepair && d.groupSize == Layout.defaultGroupSize && d.leaseThreadNice == -10)
     }
 
     @Test func unknownOrMistypedKeysAreRefused() {
         for (text, says) in [("{\"http_threads\": true}", "unknown key \"http_threads\""),
                              ("{\"http_thread\": 1}", "http_thread must be a boolean"),
                              ("{\"group_size\": 0}", "group_size must be 1..4096"),
+                             ("{\"lease_thread_nice\": -21}", "lease_thread_nice must be an integer in -20...19"),
                              ("{\"probe_interval_ms\": 100, \"probe_timeout_ms\": 20000, \"evidence_window_ms\": 10000}",
                               "probe_timeout_ms (20000) must be shorter than evidence_window_ms (10000)")] {
             #expect { try parse(text) } throws: { ($0 as? AgentConfig.LoadError)?.description.contains(says) == true }

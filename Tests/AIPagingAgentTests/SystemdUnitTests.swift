@@ -4,7 +4,7 @@ import Testing
 
 /// The shipped unit files, checked by systemd's own tools without booting anything:
 /// `systemd-analyze verify` must be silent and `systemd-analyze security --offline=yes` must
-/// keep the exposure at or below 2.0. (scripts/test-systemd runs the units under a real systemd.)
+/// keep the exposure at or below 2.1. (scripts/test-systemd runs the units under a real systemd.)
 let systemdAnalyzeAvailable = FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")
 
 @Suite(.enabled(if: systemdAnalyzeAvailable)) struct SystemdUnitTests {
@@ -41,7 +41,9 @@ let systemdAnalyzeAvailable = FileManager.default.isExecutableFile(atPath: "/usr
             Issue.record("no exposure level in: \(out)")
             return
         }
-        #expect(score <= 2.0, "exposure \(score):\n\(out)")
+        // 2.1: 2.0 before the lease thread's scheduling (setpriority and sched_setattr, of
+        // @resources, cost 0.2; see the README's Hardening section).
+        #expect(score <= 2.1, "exposure \(score):\n\(out)")
         // The capabilities are exactly the two the agent needs.
         #expect(out.contains("CapabilityBoundingSet=~CAP_SYS_PTRACE") && !out.contains("✗ CapabilityBoundingSet=~CAP_SYS_PTRACE"))
         #expect(out.contains("✓ NoNewPrivileges="))

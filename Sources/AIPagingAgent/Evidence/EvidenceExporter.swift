@@ -86,7 +86,7 @@ public final class EvidenceExporter: Sendable {
         Thread.detachNewThread {
             Thread.current.name = "aip-evidence"
             // Background work: on a small node the lease service (expiry, admissions) comes first.
-            _ = aip_thread_set_nice(10)
+            ThreadScheduling.enterBackground(.evidence)
             let loop = ExporterLoop(this)
             loop.run()
             this.finished.signal()

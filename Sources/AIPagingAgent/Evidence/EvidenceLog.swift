@@ -147,7 +147,7 @@ public final class EvidenceLog: Sendable {
         let this = self
         Thread.detachNewThread {
             Thread.current.name = "aip-evi-log"   // (15 characters at most)
-            _ = aip_thread_set_nice(10)           // background: the lease service comes first
+            ThreadScheduling.enterBackground(.evidenceLog)   // the lease service comes first
             this.writerLoop()
         }
     }

@@ -150,6 +150,15 @@ void aip_eventfd_drain(int fd);
 /// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread). For background
 /// work (evidence) that must never delay the lease service on a small machine. 0 or -errno.
 int aip_thread_set_nice(int nice);
+/// Gives the calling thread (SCHED_OTHER, its nice kept) a custom EEVDF slice of `slice_ns`
+/// (Linux >= 6.12; clamped by the kernel to 0.1-100 ms): a thread with a shorter slice than the
+/// running one preempts it on wakeup instead of waiting out the other's slice. With
+/// SCHED_RESET_ON_FORK: threads it starts get nice 0 and the default slice. 0, -EOPNOTSUPP
+/// when the kernel ignores it (before 6.12), or -errno.
+int aip_thread_set_slice(uint64_t slice_ns);
+/// Names the calling thread (at most 15 characters), as `ps -L` and perf show it.
+void aip_thread_set_name(const char *name);
+
 void aip_malloc_tune(void);
 void aip_malloc_trim(void);
 void aip_malloc_usage(uint64_t *in_use, uint64_t *free_bytes, uint64_t *rss);
