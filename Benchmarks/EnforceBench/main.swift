@@ -341,6 +341,9 @@ struct Row {
     /// the agent was meanwhile (% of one core).
     var cpuPerLeaseUs = 0.0, cpuBusy = 0.0
     var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
+    /// The agent's journal fdatasync per batch, and the lease thread's wait for it after its
+    /// kernel work (the agent's recent samples, accumulating over the run): p99 / max, ms.
+    var journalSync = "", journalWait = ""
     /// RSS right after the level's churn, and again after 2 s without requests (the agent trims
     /// malloc once its lease service has been idle for a second).
     var rss = 0.0, rssIdle = 0.0, heapInUse = 0.0, heapFree = 0.0
@@ -407,7 +410,11 @@ for level in opt.levels {
     let (_, ef) = concurrent(base..<(base + 200), clients: opt.clients) { put($0, ttlMs: 700) == 201 }
     precondition(ef == 0)
     usleep(1_500_000)
-    let lat = status()["latency"]?["expiry_lateness"]
+    let latency = status()["latency"]
+    func p99max(_ j: JSON?) -> String { "\(f(j?["p99_ms"]?.doubleValue ?? .nan)) / \(f(j?["max_ms"]?.doubleValue ?? .nan))" }
+    row.journalSync = p99max(latency?["journal_sync"])
+    row.journalWait = p99max(latency?["journal_wait"])
+    let lat = latency?["expiry_lateness"]
     row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
     row.expiryP99 = lat?["p99_ms"]?.doubleValue ?? .nan
     row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
@@ -431,6 +438,7 @@ for level in opt.levels {
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
           + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
+          + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms; "
           + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }

@@ -442,7 +442,9 @@ public struct ControlAPI: Sendable {
         o["time"] = .string(now.wall.rfc3339)
         o["events_seq"] = .int(service.events.lastSeq)
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
-                        "expiry_lateness": snapshot.stats.expiryLateness.summary]
+                        "expiry_lateness": snapshot.stats.expiryLateness.summary,
+                        "journal_sync": snapshot.stats.journalSync.summary,
+                        "journal_wait": snapshot.stats.journalWait.summary]
         o["evidence"] = evidenceStatus()
         o["memory"] = Self.memoryStatus(snapshot.stats)
         o["scheduling"] = ThreadScheduling.status

@@ -164,14 +164,26 @@ public final class LeaseJournal {
         worker.start(fd)
     }
 
-    /// Waits for the fdatasync `beginSync()` started; throws if it failed.
-    public func endSync() throws(JournalError) {
+    /// How long a sync started by `beginSync()` took: the fdatasync itself, and how long
+    /// `endSync()` waited for it (what is left of it after the caller's own work).
+    public struct SyncTiming: Sendable {
+        public var syncNs: UInt64
+        public var waitNs: UInt64
+    }
+
+    /// Waits for the fdatasync `beginSync()` started and tells how long it took; throws if it
+    /// failed.
+    @discardableResult
+    public func endSync() throws(JournalError) -> SyncTiming {
         precondition(syncInFlight, "endSync without beginSync")
         syncInFlight = false
-        let err = syncWorker!.wait()
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let (err, took) = syncWorker!.wait()
+        let waited = DispatchTime.now().uptimeNanoseconds - t0
         guard err == 0 else {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(err)))")
         }
+        return SyncTiming(syncNs: took, waitNs: waited)
     }
 
     /// One thread that runs fdatasync(2) on request: the request and the answer each cost a
@@ -179,8 +191,9 @@ public final class LeaseJournal {
     final class SyncWorker: Sendable {
         let request = DispatchSemaphore(value: 0)
         let done = DispatchSemaphore(value: 0)
-        /// The file to sync (-1: stop), then the errno of the fdatasync (0: done).
-        let job = Mutex<(fd: Int32, errno: Int32)>((-1, 0))
+        /// The file to sync (-1: stop), then the errno of the fdatasync (0: done) and how long it
+        /// took (ns).
+        let job = Mutex<(fd: Int32, errno: Int32, took: UInt64)>((-1, 0, 0))
 
         init(name: String) {
             Thread.detachNewThread { [self] in
@@ -190,26 +203,28 @@ public final class LeaseJournal {
                     request.wait()
                     let fd = job.withLock { $0.fd }
                     if fd < 0 { return }
+                    let t0 = DispatchTime.now().uptimeNanoseconds
                     let r = fdatasync(fd) == 0 ? 0 : errno
-                    job.withLock { $0.errno = r }
+                    let took = DispatchTime.now().uptimeNanoseconds - t0
+                    job.withLock { $0.errno = r; $0.took = took }
                     done.signal()
                 }
             }
         }
 
         func start(_ fd: Int32) {
-            job.withLock { $0 = (fd, 0) }
+            job.withLock { $0 = (fd, 0, 0) }
             request.signal()
         }
 
-        func wait() -> Int32 {
+        func wait() -> (errno: Int32, took: UInt64) {
             done.wait()
-            return job.withLock { $0.errno }
+            return job.withLock { ($0.errno, $0.took) }
         }
 
         /// Ends the thread (no sync may be in flight).
         func stop() {
-            job.withLock { $0 = (-1, 0) }
+            job.withLock { $0 = (-1, 0, 0) }
             request.signal()
         }
     }

@@ -118,6 +118,10 @@ public actor LeaseService {
         public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
         public var expiryLateness = LatencyHistogram()
+        /// The journal's fdatasync per batch, and how long the lease thread then still waited
+        /// for it after its kernel work (the part of it in the install latency).
+        public var journalSync = LatencyHistogram()
+        public var journalWait = LatencyHistogram()
     }
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
@@ -497,7 +501,11 @@ public actor LeaseService {
 
         if let journal {
             if syncing {
-                do { try journal.endSync() } catch { journalError = journalError ?? error }
+                do {
+                    let t = try journal.endSync()
+                    stats.journalSync.record(nanoseconds: t.syncNs)
+                    stats.journalWait.record(nanoseconds: t.waitNs)
+                } catch { journalError = journalError ?? error }
             }
             // An install failed: the records written ahead for the batch's commits are corrected
             // with what the table now holds (a retried lease as installed, a refused one

@@ -91,6 +91,10 @@ import Testing
         _ = try await first.commit(reloc)
         _ = try await first.commit(try CommitDecoder.decode(lease("K3", client: "198.18.1.3", ttlMs: 10_000)))
         _ = try await first.revoke("K3")
+        // Each batch's fdatasync is timed, and the lease thread's wait for it.
+        let stats = await first.snapshot().stats
+        #expect(stats.journalSync.count >= 4 && stats.journalWait.count == stats.journalSync.count)
+        #expect(stats.journalSync.maxNs > 0)
         await first.stop(flush: false)
 
         clock.advance(milliseconds: 4000)   // K1's drain ended while the agent was down
