@@ -96,6 +96,24 @@ import Testing
         #expect(full.windows[0]?.lostUnknown == 1)
     }
 
+    /// A lease probed rarely holds no window storage between its probes: finalizing its last
+    /// open window gives the buffer back, and the next probe opens a new one.
+    @Test func noOpenWindowHoldsNoWindowStorage() {
+        var l = ProbeLedger(mode: .stateful, capacity: 64)
+        let s0 = l.send(at: Self.t0, window: 0)
+        _ = l.send(at: Self.t0 + 1_000_000_000, window: 1)
+        #expect(l.openCapacity >= 2)
+        let (p, t4) = reply(s0, 0, sentAt: Self.t0)
+        #expect(l.receive(p, at: t4, currentWindow: 1) == .delay(ns: 2_000_000, window: 0))
+        #expect(l.finalize(window: 0).received == 1)
+        #expect(l.openCapacity >= 1, "window 1 is still open")
+        #expect(l.finalize(window: 1).lostUnknown == 1)
+        #expect(l.openCapacity == 0 && l.openWindows.isEmpty)
+        _ = l.send(at: Self.t0 + 7_000_000_000, window: 7)
+        #expect(l.openWindows == [7])
+        #expect(l.finalize(window: 7).sent == 1)
+    }
+
     /// Probes sent after the measured interval ended (a lease's kernel state being removed) are
     /// forgotten whatever became of them: answered, lost, or still pending.
     @Test func probesAfterTheEndAreWithdrawn() {
