@@ -15,7 +15,7 @@ struct Options {
     var agent = ""
     var repo = "."
     var levels = [1, 1000, 10_000, 100_000]
-    var samples = 200
+    var samples = 1000
     var clients = 64
     var naiveMax = 10_000
     /// An agent config file (`--config`), e.g. to change the evidence settings.

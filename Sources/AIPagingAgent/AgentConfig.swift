@@ -33,8 +33,7 @@ public struct AgentConfig: Sendable, Equatable {
     /// and the separate one for batches (6 000 vs 4 800 leases/s); see the README.
     public var httpThread = false
     /// Nice value of the threads controllers wait on: the lease service's and the journal's
-    /// (`lease_thread_nice`, -20...19, default -10; 0 leaves them at the process's). See
-    /// `ThreadScheduling`.
+    /// (`lease_thread_nice`, -20...19, default -10). See `ThreadScheduling`.
     public var leaseThreadNice = -10
 
     public static let defaultCapacityKbit: UInt64 = 1_000_000
