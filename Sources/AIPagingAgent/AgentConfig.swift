@@ -32,8 +32,8 @@ public struct AgentConfig: Sendable, Equatable {
     /// the shared thread is faster for single PUTs (3 050 vs 2 410 leases/s at 10 000 active)
     /// and the separate one for batches (6 000 vs 4 800 leases/s); see the README.
     public var httpThread = false
-    /// Nice value of the threads controllers wait on: the lease service's and the journal's
-    /// (`lease_thread_nice`, -20...19, default -10). See `ThreadScheduling`.
+    /// Nice value of the threads controllers wait on: the lease service's, the expiry timer's and
+    /// the journal's (`lease_thread_nice`, -20...19, default -10). See `ThreadScheduling`.
     public var leaseThreadNice = -10
 
     public static let defaultCapacityKbit: UInt64 = 1_000_000

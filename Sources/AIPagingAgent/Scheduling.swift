@@ -10,17 +10,18 @@ import Glibc
 /// `scheduling`).
 ///
 /// Controllers wait on the lease service's thread (admissions, revokes), the expiry timer's
-/// thread (it wakes the lease thread at a deadline) and the journal's sync thread. The evidence threads are background work. On a 2-vCPU node,
-/// scheduler traces of the bench (`perf sched timehist`) showed the lease thread runnable but
-/// waiting 2-4 ms while the nice-10 evidence thread finished a burst of user-space work on the
-/// same CPU: Linux's EEVDF scheduler lets the running thread keep the CPU until the woken one is
+/// thread (it wakes the lease thread at a deadline) and the journal's sync thread; the evidence
+/// threads are background work. On a 2-vCPU node, scheduler traces of the bench (`perf sched
+/// timehist`) showed the lease thread runnable but waiting 2-4 ms while the nice-10 evidence
+/// thread finished a burst of user-space work on the same CPU: Linux's EEVDF scheduler lets the running thread keep the CPU until the woken one is
 /// both eligible (it has not used more than its weighted share lately) and has the earlier
 /// virtual deadline. So the latency-critical threads get
 /// - a higher weight (`lease_thread_nice`, default -10; needs CAP_SYS_NICE or RLIMIT_NICE, which
 ///   the shipped systemd unit grants with `LimitNICE=-10`), so they stay eligible, and
 /// - a short custom slice (0.1 ms, Linux >= 6.12), so they preempt on wakeup. A slice is not a
 ///   priority: the thread gets no more CPU, only sooner. Older kernels ignore it.
-/// The evidence threads run at nice 10. Measured in the README (Performance).
+/// Both with SCHED_RESET_ON_FORK: threads they start run at nice 0 with the default slice. The
+/// evidence threads run at nice 10. Measured in the README (Performance).
 public enum ThreadScheduling {
     public enum Role: String, Sendable, CaseIterable {
         case lease, expiry, http, journal, evidence

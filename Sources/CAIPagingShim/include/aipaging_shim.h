@@ -147,8 +147,9 @@ int aip_eventfd(void);
 int aip_eventfd_signal(int fd);
 void aip_eventfd_drain(int fd);
 
-/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread). For background
-/// work (evidence) that must never delay the lease service on a small machine. 0 or -errno.
+/// Sets the calling thread's nice value (Linux: per thread): 10 for background work (evidence),
+/// `lease_thread_nice` for the threads controllers wait on (below 0 needs CAP_SYS_NICE or
+/// RLIMIT_NICE). 0 or -errno.
 int aip_thread_set_nice(int nice);
 /// Gives the calling thread (SCHED_OTHER, its nice kept) a custom EEVDF slice of `slice_ns`
 /// (Linux >= 6.12; clamped by the kernel to 0.1-100 ms): a thread with a shorter slice than the
