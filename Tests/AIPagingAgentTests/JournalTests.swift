@@ -28,6 +28,14 @@ import Testing
                      journal: try LeaseJournal(stateDir: dir))
     }
 
+    /// A journaled service that has replayed its journal and started.
+    func startedJournaledService(_ dir: String, _ clock: ManualClock) async throws -> LeaseService {
+        let service = try journaledService(dir, clock)
+        _ = try await service.recover()
+        try await service.start()
+        return service
+    }
+
     @Test func appendsLoadsAndCutsATornTail() throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -81,9 +89,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = ManualClock()
         func service() throws -> LeaseService { try journaledService(dir, clock) }
-        let first = try service()
-        _ = try await first.recover()
-        try await first.start()
+        let first = try await startedJournaledService(dir, clock)
         let req = try CommitDecoder.decode(lease("K1", ttlMs: 10_000))
         let out = try await first.commit(req)
         var reloc = try CommitDecoder.decode(lease("K2", anchorID: "cloud-1", anchor: "198.18.3.2", relocates: "K1", drainMs: 3000))
@@ -125,9 +131,7 @@ extension LeaseJournalTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = ManualClock()
         func service() throws -> LeaseService { try journaledService(dir, clock) }
-        let first = try service()
-        _ = try await first.recover()
-        try await first.start()
+        let first = try await startedJournaledService(dir, clock)
         _ = try await first.commit(try CommitDecoder.decode(lease("K1", ttlMs: 10_000)))
         let k3 = try await first.commit(try CommitDecoder.decode(lease("K3", client: "198.18.1.6", ttlMs: 10_000))).lease
         _ = try await first.commit(try CommitDecoder.decode(lease("T", client: "198.18.1.5")))

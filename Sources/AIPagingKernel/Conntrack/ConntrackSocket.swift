@@ -49,13 +49,13 @@ public final class ConntrackSocket: Sendable {
 
     // MARK: - Delete unsteered flows of a classifier
 
+    /// Whether this kernel took a kernel-side filtered flush on this socket (nil: not tried yet).
+    public var filteredFlushSupported: Bool? { core.withLock { $0.filteredFlushSupported } }
+
     /// Deletes the entries of `classifier` (orig src = client, orig dst = service, protocol, orig
     /// dst port) whose mark is 0: flows that started before their lease existed and were never
     /// steered. Entries of the classifier with any other mark, and every other entry, are kept.
     ///
-    /// Whether this kernel took a kernel-side filtered flush on this socket (nil: not tried yet).
-    public var filteredFlushSupported: Bool? { core.withLock { $0.filteredFlushSupported } }
-
     /// IPv4, `.automatic`: one kernel-side filtered flush (IPCTNL_MSG_CT_DELETE with CTA_FILTER +
     /// CTA_TUPLE_ORIG + CTA_MARK 0; upstream since 2024, present in this 6.18); whether the kernel takes it is remembered
     /// per socket, and older kernels get the dump path.
