@@ -493,8 +493,10 @@ final class UnsteeredSweeper: Sendable {
         var dumped = batch.filter { $0.client.family == .ipv6 }
         var n = 0
         let v4 = batch.subtracting(dumped)
+        var yielder = CooperativeYield()
         if v4.count <= Self.maxSingleFlushes && conntrack.filteredFlushSupported != false {
             for c in v4 {
+                yielder.check()
                 guard conntrack.filteredFlushSupported != false else { dumped.insert(c); continue }
                 let r = try conntrack.deleteUnsteeredEntries(of: c)
                 n += r.deleted ?? 0
@@ -507,6 +509,8 @@ final class UnsteeredSweeper: Sendable {
     }
 
     private func run() {
+        aip_thread_set_name("aip-sweeper")
+        ThreadScheduling.enterBackground(.sweeper)
         while !stopping.load(ordering: .acquiring) {
             if pending.withLock({ $0.isEmpty }) { wake.wait() }
             // Let more classifiers gather, then sweep them in one walk of the table.

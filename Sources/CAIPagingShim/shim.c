@@ -118,6 +118,19 @@ int aip_thread_set_slice(uint64_t slice_ns) {
     return got.sched_runtime == 0 ? -EOPNOTSUPP : 0;
 }
 
+/* SCHED_BATCH, keeping the nice value; through sched_setattr, which the systemd unit allows
+ * (sched_setscheduler it does not). */
+int aip_thread_set_batch(void) {
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    struct aip_sched_attr a = {0};
+    a.size = sizeof(a);
+    a.sched_policy = SCHED_BATCH;
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (errno != 0) return -errno;
+    a.sched_nice = nice;
+    return syscall(SYS_sched_setattr, tid, &a, 0) == 0 ? 0 : -errno;
+}
 
 /* The process's memory: resident set, and as malloc sees it: bytes in use (mmapped chunks
  * included) and bytes free inside its arenas (kept from the kernel: fragmentation). */

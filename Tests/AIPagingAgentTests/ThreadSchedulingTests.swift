@@ -14,7 +14,7 @@ import Glibc
 @Suite struct ThreadSchedulingTests {
     /// What /proc says of one of our threads: its nice value and, on kernels that show it, its
     /// EEVDF slice (ns).
-    struct Seen: Sendable { var nice: Int; var sliceNs: Int? }
+    struct Seen: Sendable { var nice: Int; var sliceNs: Int?; var policy: Int? }
 
     static func seen(_ tid: Int32) -> Seen {
         let stat = (try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8)) ?? ""
@@ -23,9 +23,11 @@ import Glibc
         let fields = rest.split(separator: " ")
         let nice = fields.count > 16 ? Int(fields[16]) ?? 99 : 99
         let sched = (try? String(contentsOfFile: "/proc/self/task/\(tid)/sched", encoding: .utf8)) ?? ""
-        let slice = sched.split(separator: "\n").first { $0.hasPrefix("se.slice") }
-            .flatMap { $0.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
-        return Seen(nice: nice, sliceNs: slice)
+        func field(_ name: String) -> Int? {
+            sched.split(separator: "\n").first { $0.hasPrefix(name) }
+                .flatMap { $0.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+        }
+        return Seen(nice: nice, sliceNs: field("se.slice"), policy: field("policy"))
     }
 
     /// Runs `body` on a new thread (nice 0, the default slice) and then starts a child thread
@@ -66,8 +68,22 @@ import Glibc
         }
     }
 
-    @Test func backgroundThreadsRunAtNice10() {
+    @Test func backgroundThreadsRunAtNice10AsBatch() {
         let (me, _) = Self.onThread { ThreadScheduling.enterBackground(.evidenceLog) }
         #expect(me.nice == 10)
+        #expect(me.policy == 3, "SCHED_BATCH (3) in /proc/.../sched, got \(String(describing: me.policy))")
+        #expect(ThreadScheduling.status["evidence_log"]?["policy"]?.stringValue == "batch")
+    }
+
+    @Test func cooperativeYieldYieldsOnlyOnceItsIntervalHasPassed() {
+        var y = CooperativeYield()
+        y.check()
+        #expect(y.yields == 0, "no yield right after the start")
+        let start = aip_monotonic_ns()
+        while aip_monotonic_ns() - start < CooperativeYield.intervalNs + 50_000 {}
+        y.check()
+        #expect(y.yields == 1)
+        y.check()
+        #expect(y.yields == 1, "the interval starts again after a yield")
     }
 }

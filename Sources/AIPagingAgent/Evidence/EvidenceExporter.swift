@@ -345,6 +345,8 @@ final class ExporterLoop {
     /// Leases a point from which full counter reads go by key instead of one dump.
     let keyedReadFrom = 1024
     var counterScratch = CompactDictionary<UInt32, NFTQoSCounters>()
+    /// Lets the threads controllers wait on run during long loops (see `CooperativeYield`).
+    var yielder = CooperativeYield()
 
     init(_ owner: EvidenceExporter) {
         self.owner = owner
@@ -413,7 +415,9 @@ final class ExporterLoop {
                 lastEstimateNs = now
             }
             receiveAll()
+            yielder.check()
             sendDueProbes(now: now)
+            yielder.check()
             if now >= nextBoundaryNs {
                 timedCounterRead(attributeTo: nextBoundaryNs / windowNs - 1, now: now)
                 pendingFinalize.append((nextBoundaryNs + timeoutNs, nextBoundaryNs / windowNs - 1))
@@ -425,6 +429,7 @@ final class ExporterLoop {
                 let due = preExpiryDue()
                 if !due.isEmpty { readCounters(attributeTo: now / windowNs, now: now, only: due) }
             }
+            yielder.check()
             now = realtimeNanoseconds()
             runFinalizations(now: now)
 
@@ -460,6 +465,7 @@ final class ExporterLoop {
             case .end(let lease, let kind, let at): end(lease, kind, at: at.nanosecondsSinceEpoch, now: now)
             case .stall(let ms): usleep(useconds_t(ms) * 1000)
             }
+            yielder.check()
         }
         if !cmds.isEmpty { updateProbeStride() }
         owner.stats.withLock {
@@ -638,12 +644,16 @@ final class ExporterLoop {
         owner.stats.withLock { $0.probesSent += UInt64(sent) }
     }
 
+    /// Probes per `sendmmsg`: each call is kernel time no other thread on the CPU gets (see
+    /// `UDPBatchSocket.send`), and the threads controllers wait on come first.
+    static let probesPerSyscall = 16
+
     /// Sends with per-datagram priorities, or, on a kernel without SO_PRIORITY control messages,
     /// through one socket per priority.
     func sendItems(_ point: String, _ sock: UDPBatchSocket, _ items: [UDPBatchSocket.Outgoing]) -> Int {
         if perDatagramPriority {
             do {
-                return try sock.send(items, buffer: sendBuffer)
+                return try sock.send(items, buffer: sendBuffer, maxPerCall: Self.probesPerSyscall) { yielder.check() }
             } catch where error.errno == EINVAL {
                 perDatagramPriority = false
                 note("the kernel does not take SO_PRIORITY per datagram; using one probe socket per QoS class")
@@ -666,7 +676,8 @@ final class ExporterLoop {
                 io[point]?.perPriority[key] = s
             }
             guard let s else { continue }
-            n += (try? s.send(group.map { var g = $0; g.priority = nil; return g }, buffer: sendBuffer)) ?? 0
+            n += (try? s.send(group.map { var g = $0; g.priority = nil; return g }, buffer: sendBuffer,
+                              maxPerCall: Self.probesPerSyscall) { yielder.check() }) ?? 0
         }
         return n
     }
@@ -779,9 +790,9 @@ final class ExporterLoop {
                 }
             }
             if let wanted {
-                for (mark, id) in wanted { attribute(mark, id) }
+                for (mark, id) in wanted { attribute(mark, id); yielder.check() }
             } else {
-                for (mark, id) in marks { attribute(mark, id) }
+                for (mark, id) in marks { attribute(mark, id); yielder.check() }
             }
         }
         if counterScratch.count > scratchKeepLimit { counterScratch.removeAll(keepingCapacity: false) }
@@ -811,6 +822,7 @@ final class ExporterLoop {
         }
         if owner.log.backlog < 4 * finalizeChunk {
             while records.count < finalizeChunk, let (s, w) = passes.next(snapshot: sessionsInOrder) {
+                yielder.check()
                 guard !s.removed, w > s.emittedThrough else { continue }
                 if let end = s.endNs, w > end / windowNs { continue }
                 records.append(windowRecord(s, windows: s.emittedThrough + 1...w, final: false))
@@ -823,6 +835,7 @@ final class ExporterLoop {
             for s in done.sorted(by: { $0.lease.id < $1.lease.id }) {
                 records += finalRecords(s, end: s.endNs ?? now)
                 remove(s)
+                yielder.check()
             }
         }
         if !records.isEmpty {

@@ -407,6 +407,7 @@ public final class EvidenceLog: Sendable {
         }
 
         _ = openSegment(new: shared.withLock { $0.segments.isEmpty })
+        var yielder = CooperativeYield()
 
         while true {
             // Wait for records, or for the next due sync.
@@ -428,6 +429,7 @@ public final class EvidenceLog: Sendable {
             }
             for (k, r) in batch.enumerated() {
                 if k > 0 && k % 1024 == 0 { writePending() }
+                yielder.check()
                 do {
                     // One signature per write: the last record of each run of up to 1 024 is
                     // signed and, through the hash links, covers the ones before it.

@@ -108,14 +108,21 @@ public final class UDPBatchSocket {
         }
     }
 
-    /// Sends `items` (payloads in `buffer`) with as few `sendmmsg` calls as possible. Returns how
+    /// Sends `items` (payloads in `buffer`), at most `maxPerCall` (1...128) per `sendmmsg` call. Returns how
     /// many went out; stops early when the socket buffer is full (`EAGAIN`). A datagram the kernel
     /// refuses (EPERM from a firewall, an unreachable destination) is skipped, not retried, and
     /// counted in `refused`. Throws on other errors, e.g. `EINVAL` when the kernel does not accept
     /// SO_PRIORITY as a control message (before Linux 6.14): then use one socket per priority with
     /// `setPriority`. `lastSent` lists the items that went out, in order.
+    ///
+    /// Why a cap: a kernel without preemption (`preempt=none`, as on the VM of the README's
+    /// figures) switches threads only when a syscall returns, and one `sendmmsg` runs each
+    /// datagram's whole path, through a local veth even the receiver's; 128 datagrams there are a
+    /// millisecond or more that no other thread on that CPU gets.
     @discardableResult
-    public func send(_ items: [Outgoing], buffer: [UInt8]) throws(KernelError) -> Int {
+    public func send(_ items: [Outgoing], buffer: [UInt8], maxPerCall: Int = 128,
+                     betweenCalls: () -> Void = {}) throws(KernelError) -> Int {
+        let perCall = max(1, min(128, maxPerCall))
         var sent = 0
         var attempted = 0
         lastSent.removeAll(keepingCapacity: true)
@@ -127,7 +134,8 @@ public final class UDPBatchSocket {
         defer { outs = out }
         buffer.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
             while attempted < items.count {
-                let n = min(128, items.count - attempted)
+                if attempted > 0 { betweenCalls() }
+                let n = min(perCall, items.count - attempted)
                 for j in 0..<n {
                     let it = items[attempted + j]
                     var o = aip_udp_out()

@@ -151,6 +151,9 @@ void aip_eventfd_drain(int fd);
 /// `lease_thread_nice` for the threads controllers wait on (below 0 needs CAP_SYS_NICE or
 /// RLIMIT_NICE). 0 or -errno.
 int aip_thread_set_nice(int nice);
+/// Puts the calling thread in SCHED_BATCH, its nice value kept: the kernel treats it as
+/// CPU-bound and its wakeups never preempt the running thread (background work). 0 or -errno.
+int aip_thread_set_batch(void);
 /// Gives the calling thread (SCHED_OTHER, its nice kept) a custom EEVDF slice of `slice_ns`
 /// (Linux >= 6.12; clamped by the kernel to 0.1-100 ms): a thread with a shorter slice than the
 /// running one preempts it on wakeup instead of waiting out the other's slice. With
