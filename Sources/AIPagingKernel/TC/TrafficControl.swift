@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CNetlinkRoute
 import CAIPagingShim
+import Synchronization
 
 /// tc state of the aipaging HTB layout on the interfaces of one network namespace, through
 /// rtnetlink (libnl-route-3 objects; cls_bpf messages built with libnl's nlmsg API).
@@ -36,6 +37,21 @@ public final class TrafficControl: Sendable {
 
     public init(socket: RouteSocket) {
         self.socket = socket
+    }
+
+    /// The eBPF priority-to-group program, loaded once and kept (an unattached program affects
+    /// no traffic): an interface's root comes and goes with its first and last lease, and each
+    /// load runs the verifier (~10 % of the lease thread's time for an install and revoke when
+    /// that lease is the only one).
+    private let loadedProgram = Mutex<PriorityFilterProgram?>(nil)
+
+    func priorityProgram() throws(KernelError) -> PriorityFilterProgram {
+        try loadedProgram.withLock { (p) throws(KernelError) -> PriorityFilterProgram in
+            if let p { return p }
+            let loaded = try PriorityFilterProgram()
+            p = loaded
+            return loaded
+        }
     }
 
     /// Opens a `RouteSocket` in `namespace`.
@@ -81,13 +97,13 @@ public final class TrafficControl: Sendable {
             try perform(classes, ifindex: ifindex, doing: "updating classes a1:1/a1:2 of the aipaging root")
             let hasFilter = try filters(ifindex: ifindex, parent: AIPagingHTB.rootQdisc).contains { $0.isAIPagingFilter }
             if !hasFilter {
-                let program = try PriorityFilterProgram()
+                let program = try priorityProgram()
                 try perform([try Self.filterMessage(ifindex: ifindex, programFD: program.fd)], ifindex: ifindex,
                             doing: "re-adding the aipaging eBPF filter on a1:")
             }
             return .updated
         }
-        let program = try PriorityFilterProgram()
+        let program = try priorityProgram()
         let qdisc = try Self.htbQdiscMessage(ifindex: ifindex, handle: AIPagingHTB.rootQdisc, parent: .root,
                                              defaultClass: AIPagingHTB.bestEffortClass.minor)
         let filter = try Self.filterMessage(ifindex: ifindex, programFD: program.fd)
@@ -605,7 +621,7 @@ public struct TCFilterInfo: Hashable, Sendable {
 
 /// The loaded priority-to-group eBPF program; its fd is closed in deinit (an attached filter
 /// keeps its own reference to the program).
-final class PriorityFilterProgram {
+final class PriorityFilterProgram: Sendable {
     let fd: Int32
     init() throws(KernelError) {
         var log = [CChar](repeating: 0, count: 4096)
