@@ -151,15 +151,20 @@ public enum ThreadScheduling {
 /// and yields when due.
 struct CooperativeYield {
     static let intervalNs: UInt64 = 200_000
-    private var lastNs = aip_monotonic_ns()
+    private var lastNs: UInt64
     private(set) var yields = 0
 
-    mutating func check() {
-        let now = aip_monotonic_ns()
+    init(startNs: UInt64 = aip_monotonic_ns()) { lastNs = startNs }
+
+    mutating func check() { check(at: aip_monotonic_ns()) }
+
+    /// `check()` at a given CLOCK_MONOTONIC time (ns). The interval runs from this check: time
+    /// the thread spent waiting in the yield counts towards the next one.
+    mutating func check(at now: UInt64) {
         if now &- lastNs >= Self.intervalNs {
             sched_yield()
             yields += 1
-            lastNs = aip_monotonic_ns()
+            lastNs = now
         }
     }
 }

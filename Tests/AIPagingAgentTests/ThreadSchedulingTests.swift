@@ -76,14 +76,15 @@ import Glibc
     }
 
     @Test func cooperativeYieldYieldsOnlyOnceItsIntervalHasPassed() {
-        var y = CooperativeYield()
-        y.check()
-        #expect(y.yields == 0, "no yield right after the start")
-        let start = aip_monotonic_ns()
-        while aip_monotonic_ns() - start < CooperativeYield.intervalNs + 50_000 {}
-        y.check()
+        let t0: UInt64 = 5_000_000
+        var y = CooperativeYield(startNs: t0)
+        y.check(at: t0 + CooperativeYield.intervalNs - 1)
+        #expect(y.yields == 0, "not before the interval has passed")
+        y.check(at: t0 + CooperativeYield.intervalNs)
         #expect(y.yields == 1)
-        y.check()
-        #expect(y.yields == 1, "the interval starts again after a yield")
+        y.check(at: t0 + CooperativeYield.intervalNs + 1)
+        #expect(y.yields == 1, "the interval starts again at a yield")
+        y.check(at: t0 + 2 * CooperativeYield.intervalNs)
+        #expect(y.yields == 2)
     }
 }
