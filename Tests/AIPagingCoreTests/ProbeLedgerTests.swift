@@ -96,6 +96,39 @@ import Testing
         #expect(full.windows[0]?.lostUnknown == 1)
     }
 
+    /// A ring grown by unanswered probes shrinks back once a window is finalized and few are
+    /// pending: to what the pending probes need (here the next window's 10), keeping the newest
+    /// entries, so a late reply to a recent probe is still counted late and pending probes still
+    /// get their delay. A ring without pending probes goes back to 4 slots.
+    @Test func theRingShrinksAfterAFinalizeToWhatItsPendingProbesNeed() {
+        var l = ProbeLedger(mode: .stateful, capacity: 1000)
+        for i in 0..<100 { _ = l.send(at: Self.t0 + Int64(i) * 10_000_000, window: 0) }
+        #expect(l.ringSize == 128)
+        let next = (0..<10).map { i -> (UInt32, Int64) in
+            let t = Self.t0 + 1_000_000_000 + Int64(i) * 10_000_000
+            return (l.send(at: t, window: 1), t)
+        }
+        #expect(l.finalize(window: 0).lostUnknown == 100)
+        #expect(l.ringSize == 16, "10 pending probes need 16 slots")
+        let (late, t4late) = reply(104, 104, sentAt: Self.t0 + 1_040_000_000, rtt: 1_000_000)
+        #expect(l.receive(late, at: t4late, currentWindow: 1) == .delay(ns: 1_000_000, window: 1))
+        let (old, t4old) = reply(99, 99, sentAt: Self.t0 + 990_000_000)
+        #expect(l.receive(old, at: t4old, currentWindow: 1) == .late, "probe 99 is among the 16 newest: kept")
+        let (older, t4older) = reply(50, 50, sentAt: Self.t0 + 500_000_000)
+        #expect(l.receive(older, at: t4older, currentWindow: 1) == .unknown, "probe 50 was forgotten with the old slots")
+        for (s, t) in next where s != 104 {
+            let (p, t4) = reply(s, s, sentAt: t)
+            #expect(l.receive(p, at: t4, currentWindow: 1) == .delay(ns: 2_000_000, window: 1))
+        }
+        let w = l.finalize(window: 1)
+        #expect(w.sent == 10 && w.received == 10 && w.late == 1)
+        #expect(l.ringSize == 4, "nothing pending: back to 4 slots")
+        // And it grows again when probes go unanswered.
+        for i in 0..<20 { _ = l.send(at: Self.t0 + 3_000_000_000 + Int64(i), window: 3) }
+        #expect(l.ringSize == 32)
+        #expect(l.windows[3]?.lostUnknown == 0)
+    }
+
     /// A lease probed rarely holds no window storage between its probes: finalizing its last
     /// open window gives the buffer back, and the next probe opens a new one.
     @Test func noOpenWindowHoldsNoWindowStorage() {

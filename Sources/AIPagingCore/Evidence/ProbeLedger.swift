@@ -331,7 +331,33 @@ public struct ProbeLedger: Sendable {
             ring[i].state = .lostUnknown
             stats.lostUnknown += 1
         }
+        shrinkIfOversized()
         return stats
+    }
+
+    /// Halves the ring down to what its pending probes need, when that is a quarter of its size or
+    /// less: a lease whose probes went unanswered for a while, or whose probe rate fell as leases
+    /// were added (`max_probe_rate` is shared), would otherwise keep a window's worth of slots
+    /// for good. It keeps the newest entries that fit; the older ones are resolved and only served
+    /// to tell a late or duplicate reply from an unknown one.
+    private mutating func shrinkIfOversized() {
+        guard ring.count > 4 else { return }
+        // Pending probes lie in [oldest pending, nextSequence): they need that many slots.
+        var need = 0
+        for e in ring where e.valid && e.state == .pending {
+            need = max(need, Int(nextSequence &- e.seq))
+        }
+        var size = 4
+        while size < need { size <<= 1 }
+        guard size * 4 <= ring.count else { return }
+        var smaller = [Entry](repeating: Entry(), count: size)
+        let m = size - 1
+        for e in ring where e.valid {
+            let age = Int(nextSequence &- e.seq)   // 1 for the newest probe
+            if age >= 1 && age <= size { smaller[Int(e.seq) & m] = e }
+        }
+        ring = smaller
+        mask = m
     }
 
     /// Windows with probes or replies that are not finalized yet.
