@@ -61,8 +61,8 @@ import Testing
         #expect(l.finalize(window: 1).received == 1)
     }
 
-    /// The ring starts at 16 entries and grows only while probes are pending: a session answered
-    /// promptly keeps 16; 100 unanswered probes grow it to 128 (not to the capacity) without
+    /// The ring starts at 4 entries and grows only while probes are pending: a session answered
+    /// promptly keeps 4; 100 unanswered probes grow it to 128 (not to the capacity) without
     /// losing track of any, and their late replies still resolve every one.
     @Test func theRingGrowsOnlyWithPendingProbes() {
         var quick = ProbeLedger(mode: .stateful, capacity: 1000)

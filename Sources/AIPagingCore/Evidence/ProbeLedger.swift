@@ -84,7 +84,8 @@ public struct ProbeLedger: Sendable {
     public let mode: ReflectorMode
     /// Probes awaiting their fate, by `seq & mask`. Starts small and doubles (up to
     /// `maxCapacity`) when a probe would overwrite one still pending, so a lease that probes
-    /// rarely (e.g. under `max_probe_rate`) holds a few entries, not a window's worth.
+    /// rarely (e.g. under `max_probe_rate`) holds a few entries, not a window's worth; shrinks
+    /// again at a finalize when far fewer are pending (`shrinkIfOversized`).
     private var ring: [Entry]
     private var mask: Int
     private let maxCapacity: Int
@@ -335,8 +336,8 @@ public struct ProbeLedger: Sendable {
         return stats
     }
 
-    /// Halves the ring down to what its pending probes need, when that is a quarter of its size or
-    /// less: a lease whose probes went unanswered for a while, or whose probe rate fell as leases
+    /// Shrinks the ring to what its pending probes need (at least 4 slots), when that is a quarter
+    /// of its size or less: a lease whose probes went unanswered for a while, or whose probe rate fell as leases
     /// were added (`max_probe_rate` is shared), would otherwise keep a window's worth of slots
     /// for good. It keeps the newest entries that fit; the older ones are resolved and only served
     /// to tell a late or duplicate reply from an unknown one.
