@@ -509,7 +509,7 @@ final class UnsteeredSweeper: Sendable {
     }
 
     private func run() {
-        aip_thread_set_name("aip-sweeper")
+        Thread.current.name = "aip-sweeper"
         ThreadScheduling.enterBackground(.sweeper)
         while !stopping.load(ordering: .acquiring) {
             if pending.withLock({ $0.isEmpty }) { wake.wait() }

@@ -13,9 +13,10 @@ import Glibc
 /// thread (it wakes the lease thread at a deadline) and the journal's sync thread; the evidence
 /// threads are background work. On a 2-vCPU node, scheduler traces of the bench (`perf sched
 /// timehist`) showed the lease thread runnable but waiting 2-4 ms while the nice-10 evidence
-/// thread finished a burst of user-space work on the same CPU: Linux's EEVDF scheduler lets the running thread keep the CPU until the woken one is
-/// both eligible (it has not used more than its weighted share lately) and has the earlier
-/// virtual deadline. So the latency-critical threads get
+/// thread finished a burst of user-space work on the same CPU: Linux's EEVDF scheduler lets the
+/// running thread keep the CPU until the woken one is both eligible (it has not used more than
+/// its weighted share lately) and has the earlier virtual deadline. So the latency-critical
+/// threads get
 /// - a higher weight (`lease_thread_nice`, default -10; needs CAP_SYS_NICE or RLIMIT_NICE, which
 ///   the shipped systemd unit grants with `LimitNICE=-10`), so they stay eligible, and
 /// - a short custom slice (0.1 ms, Linux >= 6.12), so they preempt on wakeup. A slice is not a
@@ -36,6 +37,7 @@ public enum ThreadScheduling {
     static let backgroundNice: Int32 = 10
 
     struct Outcome: Sendable {
+        /// Threads of the role (counted when recorded).
         var threads = 0
         var nice: Int32 = 0
         var sliceNs: UInt64?
@@ -61,17 +63,8 @@ public enum ThreadScheduling {
 
     /// Called on a latency-critical thread when it starts.
     static func enterLatencyCritical(_ role: Role) {
-        let want = state.withLock { $0.latencyNice }
         var o = Outcome()
-        o.threads = 1
-        let r = aip_thread_set_nice(want)
-        if r == 0 {
-            o.nice = want
-        } else {
-            o.nice = currentNice()
-            o.errors.append("nice \(want): \(String(cString: strerror(-r)))"
-                            + (r == -EPERM || r == -EACCES ? " (needs CAP_SYS_NICE or RLIMIT_NICE; systemd: LimitNICE=\(want))" : ""))
-        }
+        setNice(state.withLock { $0.latencyNice }, &o)
         // The slice after the nice value: sched_setattr sets both and keeps what is current.
         let s = aip_thread_set_slice(sliceNs)
         if s == 0 {
@@ -86,17 +79,24 @@ public enum ThreadScheduling {
     /// and SCHED_BATCH.
     static func enterBackground(_ role: Role) {
         var o = Outcome()
-        o.threads = 1
-        let r = aip_thread_set_nice(backgroundNice)
-        if r == 0 { o.nice = backgroundNice } else {
-            o.nice = currentNice()
-            o.errors.append("nice \(backgroundNice): \(String(cString: strerror(-r)))")
-        }
+        setNice(backgroundNice, &o)
         // SCHED_BATCH: the kernel treats the thread as CPU-bound and never lets its wakeup
         // preempt another thread; it keeps the nice value. Unprivileged.
         let b = aip_thread_set_batch()
         if b == 0 { o.policy = "batch" } else { o.errors.append("SCHED_BATCH: \(String(cString: strerror(-b)))") }
         record(role, o)
+    }
+
+    /// Sets the calling thread's nice value to `want` and notes in `o` what it got.
+    static func setNice(_ want: Int32, _ o: inout Outcome) {
+        let r = aip_thread_set_nice(want)
+        if r == 0 {
+            o.nice = want
+        } else {
+            o.nice = currentNice()
+            o.errors.append("nice \(want): \(String(cString: strerror(-r)))"
+                            + (r == -EPERM || r == -EACCES ? " (needs CAP_SYS_NICE or RLIMIT_NICE; systemd: LimitNICE=\(want))" : ""))
+        }
     }
 
     static func currentNice() -> Int32 {
@@ -107,12 +107,8 @@ public enum ThreadScheduling {
 
     static func record(_ role: Role, _ o: Outcome) {
         let newErrors = state.withLock { st -> [String] in
-            var cur = st.outcomes[role] ?? Outcome()
-            cur.threads += o.threads
-            cur.nice = o.nice
-            cur.sliceNs = o.sliceNs
-            cur.policy = o.policy
-            cur.errors = o.errors
+            var cur = o   // the latest thread's outcome, with the role's thread count
+            cur.threads = (st.outcomes[role]?.threads ?? 0) + 1
             st.outcomes[role] = cur
             return o.errors.filter { st.warned.insert("\(role.rawValue): \($0)").inserted }
         }

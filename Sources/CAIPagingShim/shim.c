@@ -99,37 +99,38 @@ struct aip_sched_attr {
     uint32_t sched_util_min, sched_util_max;
 };
 
-int aip_thread_set_slice(uint64_t slice_ns) {
+/* sched_setattr(2) of the calling thread: `policy`, its current nice value kept, `runtime` (the
+ * EEVDF slice for SCHED_OTHER/SCHED_BATCH; 0: the default) and `flags`. Returns the tid, or
+ * -errno. */
+static int aip_thread_setattr(uint32_t policy, uint64_t runtime, uint64_t flags) {
     pid_t tid = (pid_t)syscall(SYS_gettid);
     struct aip_sched_attr a = {0};
     a.size = sizeof(a);
-    a.sched_policy = SCHED_OTHER;
+    a.sched_policy = policy;
     errno = 0;
     int nice = getpriority(PRIO_PROCESS, (id_t)tid);
     if (errno != 0) return -errno;
     a.sched_nice = nice;
-    a.sched_runtime = slice_ns;
+    a.sched_runtime = runtime;
+    a.sched_flags = flags;
+    return syscall(SYS_sched_setattr, tid, &a, 0) == 0 ? (int)tid : -errno;
+}
+
+int aip_thread_set_slice(uint64_t slice_ns) {
     /* Threads this one starts get nice 0 and the default slice, not its own. */
-    a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
-    if (syscall(SYS_sched_setattr, tid, &a, 0) != 0) return -errno;
+    int tid = aip_thread_setattr(SCHED_OTHER, slice_ns, 0x01 /* SCHED_FLAG_RESET_ON_FORK */);
+    if (tid < 0) return tid;
     /* Kernels before 6.12 accept and ignore sched_runtime for SCHED_OTHER: read it back. */
     struct aip_sched_attr got = {0};
-    if (syscall(SYS_sched_getattr, tid, &got, sizeof(got), 0) != 0) return -errno;
+    if (syscall(SYS_sched_getattr, (pid_t)tid, &got, sizeof(got), 0) != 0) return -errno;
     return got.sched_runtime == 0 ? -EOPNOTSUPP : 0;
 }
 
-/* SCHED_BATCH, keeping the nice value; through sched_setattr, which the systemd unit allows
- * (sched_setscheduler it does not). */
+/* SCHED_BATCH through sched_setattr, which the systemd unit allows (sched_setscheduler it does
+ * not). */
 int aip_thread_set_batch(void) {
-    pid_t tid = (pid_t)syscall(SYS_gettid);
-    struct aip_sched_attr a = {0};
-    a.size = sizeof(a);
-    a.sched_policy = SCHED_BATCH;
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
-    if (errno != 0) return -errno;
-    a.sched_nice = nice;
-    return syscall(SYS_sched_setattr, tid, &a, 0) == 0 ? 0 : -errno;
+    int tid = aip_thread_setattr(SCHED_BATCH, 0, 0);
+    return tid < 0 ? tid : 0;
 }
 
 /* The process's memory: resident set, and as malloc sees it: bytes in use (mmapped chunks

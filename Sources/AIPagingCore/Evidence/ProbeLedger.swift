@@ -337,10 +337,10 @@ public struct ProbeLedger: Sendable {
     }
 
     /// Shrinks the ring to what its pending probes need (at least 4 slots), when that is a quarter
-    /// of its size or less: a lease whose probes went unanswered for a while, or whose probe rate fell as leases
-    /// were added (`max_probe_rate` is shared), would otherwise keep a window's worth of slots
-    /// for good. It keeps the newest entries that fit; the older ones are resolved and only served
-    /// to tell a late or duplicate reply from an unknown one.
+    /// of its size or less: a lease whose probes went unanswered for a while, or whose probe rate
+    /// fell as leases were added (`max_probe_rate` is shared), would otherwise keep a window's
+    /// worth of slots for good. It keeps the newest entries that fit; the older ones are resolved
+    /// and only served to tell a late or duplicate reply from an unknown one.
     private mutating func shrinkIfOversized() {
         guard ring.count > 4 else { return }
         // Pending probes lie in [oldest pending, nextSequence): they need that many slots.
