@@ -209,27 +209,58 @@ final class ExporterLoop {
         }
     }
 
-    /// What a session needs of its lease (a whole `Lease` is several times larger, and there is
-    /// one session per live lease).
-    struct LeaseFacts {
-        struct Request {
+    /// What a session shares with other sessions: its enforcement point, the lease's anchor, QoS
+    /// binding and class interface. Leases share a few anchors, QoS bindings and interfaces, so
+    /// sessions refer to one interned copy (`BindingPool`) instead of holding ~110 bytes each.
+    final class Binding {
+        struct Key: Hashable {
+            var point: String
             var anchor: Anchor
             var qos: QoSBinding
+            var interface: String
         }
+        let key: Key
+        /// Sessions referring to it (the pool drops it at 0).
+        var users = 0
+        init(_ key: Key) { self.key = key }
+    }
+
+    /// The interned bindings, counted by their sessions.
+    struct BindingPool {
+        private(set) var bindings = CompactDictionary<Binding.Key, Binding>()
+
+        mutating func acquire(_ key: Binding.Key) -> Binding {
+            let b: Binding
+            if let found = bindings[key] { b = found } else { b = Binding(key); bindings[key] = b }
+            b.users += 1
+            return b
+        }
+
+        mutating func release(_ b: Binding) {
+            b.users -= 1
+            if b.users <= 0 { bindings[b.key] = nil }
+        }
+    }
+
+    /// What a session needs of its lease (a whole `Lease` is several times larger, and there is
+    /// one session per live lease): its own facts inline, the shared ones in `binding`.
+    struct LeaseFacts {
         var id: LeaseID
         var aisi: AISI
-        var mark: UInt32
+        var binding: Binding
         var deadline: BootInstant
-        var qosClass: QoSClassRef
-        var request: Request
+        var mark: UInt32
+        /// The lease's HTB classid (also the probes' SO_PRIORITY).
+        var classid: UInt32
 
-        init(_ l: Lease) {
-            id = l.id
-            aisi = l.aisi
-            mark = l.mark
-            deadline = l.deadline
-            qosClass = l.qosClass
-            request = Request(anchor: l.request.anchor, qos: l.request.qos)
+        var anchor: Anchor { binding.key.anchor }
+        var qos: QoSBinding { binding.key.qos }
+        var qosClass: QoSClassRef {
+            QoSClassRef(interface: binding.key.interface, major: UInt16(classid >> 16), minor: UInt16(classid & 0xffff))
+        }
+
+        static func key(_ l: Lease) -> Binding.Key {
+            Binding.Key(point: l.enforcementPoint, anchor: l.request.anchor, qos: l.request.qos, interface: l.qosClass.interface)
         }
     }
 
@@ -237,18 +268,12 @@ final class ExporterLoop {
         // (Fields ordered so the small ones fill the padding after wider ones: there is a
         // session per live lease.)
         var lease: LeaseFacts
-        var ssid: UInt16 = 0
-        /// The lease's HTB class (as SO_PRIORITY).
-        var priority: UInt32
-        let point: String
         /// The probe socket the session sends through (nil: not probing).
         var group: ProbeGroup?
         /// The STAMP bookkeeping of a probed session; nil for a lease that gets no probe session
         /// (probing off, or all 65 535 ids taken): the ledger is 64 bytes, most of a session's
         /// size at 100 000 leases, and a box costs those leases 8.
         var probe: ProbeBox?
-        /// Slot of the send wheel (its phase within the probe interval).
-        let bucket: Int
         let startNs: Int64
         /// Windows emitted up to (inclusive).
         var emittedThrough: Int64
@@ -261,18 +286,22 @@ final class ExporterLoop {
         var removed = false
         var haveBaseline = false
         var preExpiryDone = false
+        /// Slot of the send wheel (its phase within the probe interval).
+        let bucket: Int32
+        var ssid: UInt16 = 0
         var finalizeAtNs: Int64?
 
-        /// The anchor probes go to (not stored twice: there is a session per live lease).
-        var anchor: IPAddress { lease.request.anchor.address }
+        var point: String { lease.binding.key.point }
+        /// The lease's HTB class (as SO_PRIORITY).
+        var priority: UInt32 { lease.classid }
+        /// The anchor probes go to.
+        var anchor: IPAddress { lease.anchor.address }
         var family: IPAddress.Family { anchor.family }
 
-        init(lease: Lease, point: String, startNs: Int64, bucket: Int, window: Int64) {
-            self.lease = LeaseFacts(lease)
-            self.point = point
-            priority = lease.qosClass.classid
+        init(lease: LeaseFacts, startNs: Int64, bucket: Int, window: Int64) {
+            self.lease = lease
             self.startNs = startNs
-            self.bucket = bucket
+            self.bucket = Int32(bucket)
             emittedThrough = window - 1
         }
     }
@@ -324,6 +353,7 @@ final class ExporterLoop {
     var preExpiry = DeadlineQueue()
     /// Live sessions per AISI (its metrics are released with the last one).
     var sessionsPerAISI = CompactDictionary<AISI, Int>()
+    var bindings = BindingPool()
     /// Every probe socket.
     var groups: [ProbeGroup] = []
     /// (point, mark) -> lease id whose counters the mark's elements are.
@@ -482,8 +512,9 @@ final class ExporterLoop {
             // Renewal: new deadline, maybe new rates (the class stays); a delete+add of the qos
             // elements resets their counters, which the next read detects.
             if s.endNs == nil {
-                s.lease = LeaseFacts(lease)
-                s.priority = lease.qosClass.classid
+                let old = s.lease.binding
+                s.lease = facts(lease)
+                bindings.release(old)
                 s.preExpiryDone = false
                 schedulePreExpiry(lease)
             }
@@ -497,19 +528,25 @@ final class ExporterLoop {
         let cap = Int((windowNs + 2 * timeoutNs) / max(1, intervalNs)) + 64
         var h: UInt64 = 1469598103934665603
         for b in lease.id.utf8 { h = (h ^ UInt64(b)) &* 1099511628211 }
-        let s = Session(lease: lease, point: point, startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
+        let s = Session(lease: facts(lease), startNs: now, bucket: Int(h % UInt64(wheel.count)), window: now / windowNs)
         if settings.probeIntervalMs > 0, let g = group(point, s.family), let ssid = allocateSSID(g) {
             s.probe = ProbeBox(ProbeLedger(mode: settings.reflectorMode, capacity: cap))
             s.ssid = ssid
             s.group = g
             g.bySSID[Int(ssid)] = s
-            wheel[s.bucket].append(s)
+            wheel[Int(s.bucket)].append(s)
         }
         sessions[lease.id] = s
         sessionsPerAISI[lease.aisi, default: 0] += 1
         if s.ssid != 0 { probingCount += 1 }
         byMark[point, default: [:]][lease.mark] = lease.id
         schedulePreExpiry(lease)
+    }
+
+    /// The session's facts of `lease`, its shared part interned (the caller owns one use of it).
+    func facts(_ lease: Lease) -> LeaseFacts {
+        LeaseFacts(id: lease.id, aisi: lease.aisi, binding: bindings.acquire(LeaseFacts.key(lease)), deadline: lease.deadline,
+                   mark: lease.mark, classid: lease.qosClass.classid)
     }
 
     func schedulePreExpiry(_ lease: Lease) {
@@ -807,7 +844,7 @@ final class ExporterLoop {
     /// hundreds of MB of short-lived objects every window, and the heap would keep the holes).
     var passes = FinalizationPasses<Session>()
     func sessionsInOrder() -> [Session] { sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) }
-    let finalizeChunk = 2048
+    let finalizeChunk = 512
 
     func runFinalizations(now: Int64) {
         var records: [EVIRecord] = []
@@ -862,6 +899,7 @@ final class ExporterLoop {
         releaseSSID(s)
         if byMark[s.point]?[s.lease.mark] == s.lease.id { byMark[s.point]?[s.lease.mark] = nil }
         sessions[s.lease.id] = nil
+        bindings.release(s.lease.binding)
         let left = (sessionsPerAISI[s.lease.aisi] ?? 1) - 1
         sessionsPerAISI[s.lease.aisi] = left > 0 ? left : nil
         if left <= 0 { owner.metrics?.releaseAISI(s.lease.aisi) }
@@ -977,7 +1015,7 @@ final class ExporterLoop {
         }
         let l = s.lease
         return EVIRecord(kind: .window, event: final ? "final" : nil, aisi: l.aisi, leaseID: l.id, enforcementPoint: s.point,
-                         anchor: l.request.anchor, qos: l.request.qos, relatedLease: nil,
+                         anchor: l.anchor, qos: l.qos, relatedLease: nil,
                          time: WallTime(nanosecondsSinceEpoch: end), monotonicNs: aip_boottime_ns(), fields: f)
     }
 }

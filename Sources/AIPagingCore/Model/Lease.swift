@@ -110,8 +110,26 @@ public struct CommitRequest: Hashable, Sendable {
     public var classifier: Classifier
     public var anchor: Anchor
     public var qos: QoSBinding
-    public var relocates: LeaseID?
-    public var drainMs: UInt64?
+    /// The lease this one replaces (a relocation) and how long the replaced one drains.
+    public var relocates: LeaseID? {
+        get { relocation?.value.relocates }
+        set { setRelocation { $0.relocates = newValue } }
+    }
+    public var drainMs: UInt64? {
+        get { relocation?.value.drainMs }
+        set { setRelocation { $0.drainMs = newValue } }
+    }
+    /// `relocates` and `drainMs`, out of line: most leases are no relocation.
+    private var relocation: OutOfLine<Relocation>?
+    private struct Relocation: Hashable, Sendable {
+        var relocates: LeaseID?
+        var drainMs: UInt64?
+    }
+    private mutating func setRelocation(_ change: (inout Relocation) -> Void) {
+        var r = relocation?.value ?? Relocation()
+        change(&r)
+        relocation = r.relocates == nil && r.drainMs == nil ? nil : OutOfLine(r)
+    }
     /// Monotonic per lease id; a replay with an older generation is refused.
     public var generation: UInt64
     /// Which enforcement point (by name) installs it; nil = the agent's default one.
@@ -127,10 +145,10 @@ public struct CommitRequest: Hashable, Sendable {
         self.classifier = classifier
         self.anchor = anchor
         self.qos = qos
-        self.relocates = relocates
-        self.drainMs = drainMs
         self.generation = generation
         self.enforcementPoint = enforcementPoint
+        self.relocates = relocates
+        self.drainMs = drainMs
     }
 
     /// The canonical JSON form of the request (what the journal stores and `show` prints).

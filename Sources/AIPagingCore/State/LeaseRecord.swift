@@ -26,8 +26,9 @@ public struct GroupRef: Hashable, Sendable {
 
 /// A lease the agent holds: the controller's request plus what the agent decided for it.
 public struct Lease: Sendable, Equatable {
+    // (Stored fields ordered so the narrow ones fill the padding after wider ones: the lease
+    // table holds one `Lease` per live lease.)
     public var request: CommitRequest
-    public var state: LeaseState
     /// Name of the enforcement point whose namespace holds its state.
     public var enforcementPoint: String
     public var admittedAt: ClockReading
@@ -37,18 +38,41 @@ public struct Lease: Sendable, Equatable {
     public var deadline: BootInstant
     /// The same deadline on the wall clock (what the journal keeps and the API shows).
     public var expiresAt: WallTime
-    /// The conntrack mark identifying its flows (0xa1000000 | slot).
-    public var mark: UInt32
     /// Its HTB class.
     public var qosClass: QoSClassRef
+    /// The conntrack mark identifying its flows (0xa1000000 | slot).
+    public var mark: UInt32
     /// For a draining lease: when the drain ends and the lease is released.
-    public var drainEndsAt: BootInstant?
+    public var drainEndsAt: BootInstant? {
+        get { ending?.value.drainEndsAt }
+        set { setEnding { $0.drainEndsAt = newValue } }
+    }
     /// For a draining lease: the lease that replaced it.
-    public var replacedBy: LeaseID?
+    public var replacedBy: LeaseID? {
+        get { ending?.value.replacedBy }
+        set { setEnding { $0.replacedBy = newValue } }
+    }
     /// When steering switched to this lease (relocation) or was installed.
     public var switchedAt: BootInstant?
+    public var state: LeaseState
     /// When the lease ended (released, expired, revoked).
-    public var endedAt: ClockReading?
+    public var endedAt: ClockReading? {
+        get { ending?.value.endedAt }
+        set { setEnding { $0.endedAt = newValue } }
+    }
+    /// `drainEndsAt`, `replacedBy` and `endedAt`, out of line: only a draining or ended lease
+    /// has them, and the lease table holds one `Lease` per live lease.
+    private var ending: OutOfLine<Ending>?
+    private struct Ending: Equatable, Sendable {
+        var drainEndsAt: BootInstant?
+        var replacedBy: LeaseID?
+        var endedAt: ClockReading?
+    }
+    private mutating func setEnding(_ change: (inout Ending) -> Void) {
+        var e = ending?.value ?? Ending()
+        change(&e)
+        ending = e.drainEndsAt == nil && e.replacedBy == nil && e.endedAt == nil ? nil : OutOfLine(e)
+    }
 
     public var id: LeaseID { request.leaseID }
     public var aisi: AISI { request.aisi }
