@@ -372,11 +372,12 @@ public actor LeaseService {
             case .commit(let req, let cont):
                 do {
                     let adm = try admit(req, now: now)
-                    var s = scopes[adm.lease.enforcementPoint] ?? Scope()
-                    s.add(adm.lease)
-                    for id in adm.undo.touchedLeaseIDs { if let l = table[id] { s.add(l) } }
-                    if case .renewal(let prev) = adm.kind { s.add(prev) }
-                    scopes[adm.lease.enforcementPoint] = s
+                    // (In place: a copy taken out of the map would copy its sets at the first
+                    // insert, on every commit of a batch.)
+                    let point = adm.lease.enforcementPoint
+                    scopes[point, default: Scope()].add(adm.lease)
+                    for id in adm.undo.touchedLeaseIDs { if let l = table[id] { scopes[point, default: Scope()].add(l) } }
+                    if case .renewal(let prev) = adm.kind { scopes[point, default: Scope()].add(prev) }
                     commits.append(PendingCommit(request: req, continuation: cont, admission: adm))
                 } catch let e as LeaseError {
                     reject(e)
