@@ -843,7 +843,7 @@ final class ExporterLoop {
     /// log's writer keeps up, so the records in memory stay bounded (all at once, they would be
     /// hundreds of MB of short-lived objects every window, and the heap would keep the holes).
     /// 512 rather than 2 048: at most five chunks are in flight, and at 100 000 leases the
-    /// smaller ones left the agent's RSS 2 s after the bench's churn at 186-191 MB in four runs
+    /// smaller ones left the agent's RSS 2 s after the bench's churn at 186-192 MB in six runs
     /// against 188-211 MB in nine.
     var passes = FinalizationPasses<Session>()
     func sessionsInOrder() -> [Session] { sessions.values.sorted(by: { $0.lease.id < $1.lease.id }) }

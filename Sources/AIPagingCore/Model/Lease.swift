@@ -113,22 +113,17 @@ public struct CommitRequest: Hashable, Sendable {
     /// The lease this one replaces (a relocation) and how long the replaced one drains.
     public var relocates: LeaseID? {
         get { relocation?.value.relocates }
-        set { setRelocation { $0.relocates = newValue } }
+        set { relocation.modify(empty: Relocation()) { $0.relocates = newValue } }
     }
     public var drainMs: UInt64? {
         get { relocation?.value.drainMs }
-        set { setRelocation { $0.drainMs = newValue } }
+        set { relocation.modify(empty: Relocation()) { $0.drainMs = newValue } }
     }
     /// `relocates` and `drainMs`, out of line: most leases are no relocation.
     private var relocation: OutOfLine<Relocation>?
     private struct Relocation: Hashable, Sendable {
         var relocates: LeaseID?
         var drainMs: UInt64?
-    }
-    private mutating func setRelocation(_ change: (inout Relocation) -> Void) {
-        var r = relocation?.value ?? Relocation()
-        change(&r)
-        relocation = r.relocates == nil && r.drainMs == nil ? nil : OutOfLine(r)
     }
     /// Monotonic per lease id; a replay with an older generation is refused.
     public var generation: UInt64

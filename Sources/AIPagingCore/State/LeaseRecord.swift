@@ -45,12 +45,12 @@ public struct Lease: Sendable, Equatable {
     /// For a draining lease: when the drain ends and the lease is released.
     public var drainEndsAt: BootInstant? {
         get { ending?.value.drainEndsAt }
-        set { setEnding { $0.drainEndsAt = newValue } }
+        set { ending.modify(empty: Ending()) { $0.drainEndsAt = newValue } }
     }
     /// For a draining lease: the lease that replaced it.
     public var replacedBy: LeaseID? {
         get { ending?.value.replacedBy }
-        set { setEnding { $0.replacedBy = newValue } }
+        set { ending.modify(empty: Ending()) { $0.replacedBy = newValue } }
     }
     /// When steering switched to this lease (relocation) or was installed.
     public var switchedAt: BootInstant?
@@ -58,7 +58,7 @@ public struct Lease: Sendable, Equatable {
     /// When the lease ended (released, expired, revoked).
     public var endedAt: ClockReading? {
         get { ending?.value.endedAt }
-        set { setEnding { $0.endedAt = newValue } }
+        set { ending.modify(empty: Ending()) { $0.endedAt = newValue } }
     }
     /// `drainEndsAt`, `replacedBy` and `endedAt`, out of line: only a draining or ended lease
     /// has them, and the lease table holds one `Lease` per live lease.
@@ -67,11 +67,6 @@ public struct Lease: Sendable, Equatable {
         var drainEndsAt: BootInstant?
         var replacedBy: LeaseID?
         var endedAt: ClockReading?
-    }
-    private mutating func setEnding(_ change: (inout Ending) -> Void) {
-        var e = ending?.value ?? Ending()
-        change(&e)
-        ending = e.drainEndsAt == nil && e.replacedBy == nil && e.endedAt == nil ? nil : OutOfLine(e)
     }
 
     public var id: LeaseID { request.leaseID }
