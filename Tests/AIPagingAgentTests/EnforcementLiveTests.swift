@@ -108,7 +108,7 @@ import Testing
         let agent = Process()
         agent.executableURL = URL(fileURLWithPath: agentPath)
         agent.arguments = ["--netns", lab.ns("enforce"), "--socket", dir + "/agent.sock", "--state-dir", dir, "--log-level", "warning"]
-        agent.standardError = FileHandle.nullDevice
+        agent.standardError = agentStderr(dir + "/agent.stderr")
         try agent.run()
         defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
         for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/agent.sock") { try await Task.sleep(for: .milliseconds(50)) }
@@ -118,8 +118,7 @@ import Testing
         let deadline = epochMs(try JSON.parse(r.body)["expires_at"]?.stringValue)!
         let stream = try StreamProcess(lab: lab, addr: vip(false), seconds: 3.0, intervalMs: 10)
         try await Task.sleep(for: .milliseconds(300))
-        kill(agent.processIdentifier, SIGKILL)
-        agent.waitUntilExit()
+        killAgent(agent, stderrPath: dir + "/agent.stderr")
         let samples = stream.finish()
         let before = samples.filter { $0.0 < deadline - 100 }
         let after = samples.filter { $0.0 > deadline + 5 }

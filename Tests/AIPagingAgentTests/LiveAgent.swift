@@ -4,6 +4,7 @@ import AIPagingCore
 import AIPagingTestSupport
 import Foundation
 import Logging
+import Testing
 
 /// The real agent (kernel backend, real clocks and timer) on the enforcement namespace of a
 /// `ScriptLab`, serving on a temporary socket.
@@ -128,4 +129,24 @@ final class StreamProcess: Sendable {
 
 func epochMs(_ rfc3339: String?) -> Int64? {
     rfc3339.flatMap { WallTime(rfc3339: $0) }.map { $0.nanosecondsSinceEpoch / 1_000_000 }
+}
+
+/// A file for an agent process's stderr (appended to, so a restarted agent adds to it).
+func agentStderr(_ path: String) -> FileHandle {
+    if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+    let h = FileHandle(forWritingAtPath: path)!
+    h.seekToEndOfFile()
+    return h
+}
+
+/// Kills an agent process with SIGKILL and checks that this kill is what ended it: an agent that
+/// had died on its own (a crash) would otherwise pass for a killed one.
+func killAgent(_ p: Process, stderrPath: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let wasRunning = p.isRunning
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+    let log = (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? ""
+    #expect(wasRunning && p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGKILL,
+            "the agent ended before the kill (status \(p.terminationStatus)); its stderr: \(log.suffix(3000))",
+            sourceLocation: sourceLocation)
 }

@@ -33,7 +33,7 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: agentPath())
         p.arguments = ["--netns", lab.ns("enforce"), "--socket", dir + "/agent.sock", "--state-dir", dir, "--log-level", "warning"]
-        p.standardError = FileHandle.nullDevice
+        p.standardError = agentStderr(dir + "/agent.stderr")
         try p.run()
         for _ in 0..<200 {
             if (try? UnixHTTPClient(path: dir + "/agent.sock").request("GET", "/v1/status").status) == 200 { return p }
@@ -161,7 +161,7 @@ import Testing
             }
             paused.store(true, ordering: .relaxed)
             tl.killedAt = Self.nowMs()
-            agent.withLock { p in kill(p!.processIdentifier, SIGKILL); p!.waitUntilExit() }
+            agent.withLock { p in killAgent(p!, stderrPath: dir + "/agent.stderr") }
             Thread.sleep(forTimeInterval: 1.5)
             tl.restartedAt = Self.nowMs()
             let second = try RestartLiveTests.startAgent(lab, dir: dir)
