@@ -111,9 +111,10 @@ public final class UDPBatchSocket {
     /// Sends `items` (payloads in `buffer`), at most `maxPerCall` (1...128) per `sendmmsg` call,
     /// calling `betweenCalls` between two calls. Returns how many went out; stops early when the
     /// socket buffer is full (`EAGAIN`). A datagram the kernel refuses (EPERM from a firewall, an
-    /// unreachable destination) is skipped, not retried, and counted in `refused`. Throws on other errors, e.g. `EINVAL` when the kernel does not accept
-    /// SO_PRIORITY as a control message (before Linux 6.14): then use one socket per priority with
-    /// `setPriority`. `lastSent` lists the items that went out, in order.
+    /// unreachable destination) is skipped, not retried, and counted in `refused`. Throws on
+    /// other errors, e.g. `EINVAL` when the kernel does not accept SO_PRIORITY as a control
+    /// message (before Linux 6.14): then use one socket per priority with `setPriority`.
+    /// `lastSent` lists the items that went out, in order.
     ///
     /// Why a cap: a kernel without preemption (`preempt=none`, as on the VM of the README's
     /// figures) switches threads only when a syscall returns, and one `sendmmsg` runs each
