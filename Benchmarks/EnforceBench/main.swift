@@ -3,7 +3,8 @@
 // For each level of N active leases it measures, through the control socket, the latency of a
 // single install (request until the reply, which comes only after the kernel state exists), a
 // single revoke, batched admission throughput with 64 concurrent clients, expiry lateness
-// (deadline to state gone, from the agent), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
+// (deadline to state gone, from the agent's `expired` events; quiet and while 64 clients are being
+// admitted), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
 // install/removal done the naive way (one `nft` and one `tc` process per lease), as a ratio. It
 // also checks with real packets that nothing is steered after a lease's deadline.
 import AIPagingClient
@@ -246,6 +247,25 @@ func status() -> JSON {
     (try? JSON.parse(client.request("GET", "/v1/status").body)) ?? .null
 }
 
+/// The lateness (ms) of the `expired` events of `ids` after event `seq`, once all of them are in
+/// (waits up to 10 s; empty from an agent whose events do not carry `late_us`).
+func expiryLateness(ids: Set<String>, after seq: Int64) -> [Double] {
+    var late: [String: Double] = [:]
+    for _ in 0..<200 {
+        let body = (try? client.request("GET", "/v1/events?follow=false&since=\(seq)").body) ?? []
+        for line in body.split(separator: 0x0A) {
+            guard let e = try? JSON.parse(Array(line)), e["event"]?.stringValue == "expired",
+                  let id = e["lease_id"]?.stringValue, ids.contains(id) else { continue }
+            guard let us = e["late_us"]?.doubleValue else { return [] }
+            late[id] = us / 1000
+        }
+        if late.count == ids.count { break }
+        usleep(50_000)
+    }
+    precondition(late.count == ids.count, "only \(late.count) of \(ids.count) leases expired")
+    return Array(late.values)
+}
+
 // MARK: the naive way: one nft and one tc process per lease
 
 func naiveSetup(active: Int) {
@@ -341,6 +361,8 @@ struct Row {
     /// the agent was meanwhile (% of one core).
     var cpuPerLeaseUs = 0.0, cpuBusy = 0.0
     var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
+    /// Expiry lateness of 200 leases that end while 64 clients are being admitted (ms).
+    var loadedExpiryP50 = Double.nan, loadedExpiryP99 = Double.nan, loadedExpiryMax = Double.nan
     /// The agent's journal fdatasync per batch, and the lease thread's wait for it after its
     /// kernel work (the agent's recent samples, accumulating over the run): p99 / max, ms.
     var journalSync = "", journalWait = ""
@@ -369,9 +391,15 @@ for level in opt.levels {
         row.batched = Double(target - active) / secs
         active = target
     }
-    // Per-request admission: 64 clients, one PUT per lease, then revoked again.
+    // Per-request admission: 64 clients, one PUT per lease, then revoked again. Just before,
+    // 200 leases with a 300 ms ttl are admitted: they end while these requests are served
+    // (expiry lateness under load, from each lease's `expired` event).
     do {
         let lo = 5_000_000 + level * 10, n = 4000
+        let seq0 = status()["events_seq"]?.int64Value ?? 0
+        let ubase = 4_000_000 + level
+        let (_, uf) = concurrent(ubase..<(ubase + 200), clients: opt.clients) { put($0, ttlMs: 300) == 201 }
+        precondition(uf == 0)
         let cpu0 = agentCPUSeconds()
         let (secs, fails) = concurrentKeepAlive(lo..<(lo + n), clients: opt.clients) { putOn($0, $1) }
         let cpu = agentCPUSeconds() - cpu0
@@ -379,6 +407,13 @@ for level in opt.levels {
         row.throughput = Double(n) / secs
         row.cpuPerLeaseUs = cpu / Double(n) * 1e6
         row.cpuBusy = cpu / secs * 100
+        let late = expiryLateness(ids: Set((ubase..<(ubase + 200)).map { "b\($0)" }), after: seq0)
+        (row.loadedExpiryP50, row.loadedExpiryP99, row.loadedExpiryMax) = (pct(late, 0.5), pct(late, 0.99), late.max() ?? .nan)
+        if late.isEmpty {
+            // An agent without `late_us`: its own summary, all expiries of the run so far.
+            let l = status()["latency"]?["expiry_lateness"]
+            say("level \(level): expiry lateness under load from the agent's summary: p50 \(f(l?["p50_ms"]?.doubleValue ?? .nan)) p99 \(f(l?["p99_ms"]?.doubleValue ?? .nan)) max \(f(l?["max_ms"]?.doubleValue ?? .nan)) ms")
+        }
         _ = concurrentKeepAlive(lo..<(lo + n), clients: opt.clients) { c, i in (try? c.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
     }
     // Single install + revoke latency at `level` active leases.
@@ -405,19 +440,26 @@ for level in opt.levels {
         row.batched = 10_000 / secs
         _ = concurrentKeepAlive(2_000_000..<2_010_000, clients: opt.clients) { c, i in (try? c.request("DELETE", "/v1/leases/b\(i)").status) == 200 }
     }
-    // Expiry lateness: 200 leases with a 700 ms ttl, expiring together; then the agent's figures.
+    // Expiry lateness: 200 leases with a 700 ms ttl, expiring together, from their `expired`
+    // events (an agent whose events lack `late_us`: its summary of all expiries so far).
     let base = 3_000_000 + level
+    let seq1 = status()["events_seq"]?.int64Value ?? 0
     let (_, ef) = concurrent(base..<(base + 200), clients: opt.clients) { put($0, ttlMs: 700) == 201 }
     precondition(ef == 0)
     usleep(1_500_000)
+    let quiet = expiryLateness(ids: Set((base..<(base + 200)).map { "b\($0)" }), after: seq1)
     let latency = status()["latency"]
     func p99max(_ j: JSON?) -> String { "\(f(j?["p99_ms"]?.doubleValue ?? .nan)) / \(f(j?["max_ms"]?.doubleValue ?? .nan))" }
     row.journalSync = p99max(latency?["journal_sync"])
     row.journalWait = p99max(latency?["journal_wait"])
-    let lat = latency?["expiry_lateness"]
-    row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
-    row.expiryP99 = lat?["p99_ms"]?.doubleValue ?? .nan
-    row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
+    if quiet.isEmpty {
+        let lat = latency?["expiry_lateness"]
+        row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
+        row.expiryP99 = lat?["p99_ms"]?.doubleValue ?? .nan
+        row.expiryMax = lat?["max_ms"]?.doubleValue ?? .nan
+    } else {
+        (row.expiryP50, row.expiryP99, row.expiryMax) = (pct(quiet, 0.5), pct(quiet, 0.99), quiet.max() ?? .nan)
+    }
     (row.steeredAfter, row.probesAfter) = steeredAfterDeadline(level)
     row.rss = rssMB(agentProc.processIdentifier)
     usleep(2_000_000)
@@ -437,19 +479,19 @@ for level in opt.levels {
     }
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
-          + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms; "
+          + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms, under load p50 \(f(row.loadedExpiryP50, 2)) p99 \(f(row.loadedExpiryP99, 2)) max \(f(row.loadedExpiryMax, 2)) ms; "
           + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms; "
           + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }
 
 say("")
-say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms) | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms): quiet / under load | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
 say("| ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |")
 for r in rows {
     let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
     let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
-    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)); \(f(r.loadedExpiryP50)) / \(f(r.loadedExpiryP99)) / \(f(r.loadedExpiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
 }
 if opt.hold > 0 {
     say("")

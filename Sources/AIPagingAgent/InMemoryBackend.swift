@@ -14,6 +14,8 @@ public final class InMemoryBackend: EnforcementBackend {
     /// refusing one lease's state).
     public var failWhen: (@Sendable (PointPlan) -> Bool)?
     public var failAfterSteps = 0
+    /// Called at the start of every `apply` (a test's slow kernel advances its clock here).
+    public var onApply: (@Sendable (PointPlan) -> Void)?
     public private(set) var appliedPlans: [PointPlan] = []
     public private(set) var flushedMarks: [UInt32] = []
     public var clock: @Sendable () -> BootInstant
@@ -33,6 +35,7 @@ public final class InMemoryBackend: EnforcementBackend {
     }
 
     public func apply(_ plan: PointPlan) throws(EnforcementError) {
+        onApply?(plan)
         expire()
         var steps = 0
         let persistent = failWhen?(plan) == true

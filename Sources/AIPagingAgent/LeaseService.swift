@@ -115,6 +115,7 @@ public actor LeaseService {
         /// malloc trims after bursts, and how long the last one took (ns).
         public var memoryTrims = 0
         public var lastTrimNs: UInt64 = 0
+        /// Kernel time of the last batch that had requests (ns).
         public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
         public var expiryLateness = LatencyHistogram()
@@ -352,12 +353,50 @@ public actor LeaseService {
         var admission: Admission
     }
 
+    /// How far past the next deadline a batch's kernel work may run (an expiry waits for the batch
+    /// in progress): when a deadline is near, requests are taken into a batch only as many as
+    /// end, at the kernel time recent requests took (`kernelNsPerRequest`), by this much after
+    /// it; at least one.
+    static let lateBudgetNs: UInt64 = 1_000_000
+    /// Kernel time per request (commit or revoke) of recent batches, a moving average.
+    var kernelNsPerRequest: UInt64 = 100_000
+
+    /// What the next batch processes, taken out of `pending`. Leases already due end first, in a
+    /// batch of their own: their removal does not wait for the kernel work of requests queued
+    /// before the deadline (a renewal that arrives after its lease's deadline finds it ended,
+    /// whatever the queue's order). Otherwise every item, except that requests beyond what the
+    /// time until the next deadline allows (`lateBudgetNs`) stay queued, in order, for the next
+    /// batch.
+    func takeBatch(now: ClockReading) -> [Work] {
+        let t = table
+        guard let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant }) else {
+            defer { pending = [] }
+            return pending
+        }
+        if next <= now.boot {
+            pending.removeAll { if case .tick = $0 { return true } else { return false } }
+            return [.tick]
+        }
+        let limit = (now.boot.nanoseconds(until: next) + Self.lateBudgetNs) / max(kernelNsPerRequest, 1)
+        var batch: [Work] = [], rest: [Work] = []
+        var requests: UInt64 = 0
+        for w in pending {
+            switch w {
+            case .commit, .revoke:
+                if requests == 0 || requests < limit { batch.append(w); requests += 1 } else { rest.append(w) }
+            case .tick, .resync, .repair:
+                batch.append(w)
+            }
+        }
+        pending = rest
+        return batch
+    }
+
     func processPending() {
         guard !pending.isEmpty else { return }
-        let items = pending
-        pending = []
-        stats.batches += 1
         let now = clock.now()
+        let items = takeBatch(now: now)
+        stats.batches += 1
         table.pruneTombstones(now: now.wall)
 
         var commits: [PendingCommit] = []
@@ -445,11 +484,17 @@ public actor LeaseService {
 
         // Apply per enforcement point.
         var failedPoints: [String: EnforcementError] = [:]
+        let applyStart = clock.now().boot
         for (name, scope) in scopes.sorted(by: { $0.key < $1.key }) {
             if points[name]!.needsResync { continue }   // the full resync below covers it
             if let err = applyScope(name, scope) { failedPoints[name] = err }
         }
         let applyDone = clock.now()
+        let requests = UInt64(commits.count + revokes.count)
+        if requests > 0 && failedPoints.isEmpty {
+            stats.lastApplyNs = applyStart.nanoseconds(until: applyDone.boot)
+            kernelNsPerRequest = (3 * kernelNsPerRequest + stats.lastApplyNs / requests) / 4
+        }
 
         // Failed points: undo this batch's admissions there, resync, then retry one at a time.
         var retry: [PendingCommit] = []
@@ -555,14 +600,20 @@ public actor LeaseService {
             stats.expiryLateness.record(nanoseconds: late)
             metrics?.expiryLate(nanoseconds: late)
         }
-        for (lease, kind) in ended {
+        // (`ended` and `dueDeadlines` are appended together.) The event says when the lease was
+        // due and how late its state was gone: what an auditor of expiries checks.
+        for ((lease, kind), deadline) in zip(ended, dueDeadlines) {
             if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
-            publish(kind, lease, at: applyDone, related: lease.replacedBy)
+            var detail = JSON.Object()
+            detail["deadline_monotonic_ns"] = .int(deadline.nanoseconds)
+            detail["late_us"] = .int(deadline.nanoseconds(until: applyDone.boot) / 1000)
+            publish(kind, lease, at: applyDone, related: lease.replacedBy, detail: detail)
         }
         if let journal, journal.needsCompaction { compactJournal(journal) }
         rearm()
         churnSinceTrim += items.count
         lastBatchBoot = applyDone.boot
+        if !pending.isEmpty { scheduleFlush() }   // what the budget left for the next batch
     }
 
     /// The journal records of admitted commits: each lease as it is once installed, and a

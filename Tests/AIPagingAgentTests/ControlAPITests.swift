@@ -187,6 +187,10 @@ import Testing
         let lines = events.split(separator: "\n").map { try? JSON.parse(String($0)) }
         #expect(lines.map { $0?["event"]?.stringValue } == ["admitted", "expired"])
         #expect(lines.last??["lease_id"]?.stringValue == "L1")
+        // The expiry event says when the lease was due and how late its state was gone (the
+        // manual clock stood still at the deadline).
+        #expect(lines.last??["deadline_monotonic_ns"]?.int64Value == lines.last??["monotonic_ns"]?.int64Value)
+        #expect(lines.last??["late_us"]?.int64Value == 0)
         let ev = try await agent.call("GET", "/v1/evidence?aisi=aisi-1&kind=event").1
         #expect(ev["count"]?.int64Value == 2)
     }
@@ -250,6 +254,66 @@ import Testing
         let snap = await agent.service.snapshot()
         #expect(snap.byState[.active] == 64)
         #expect(try await agent.kernel().steering.count == 64)
+    }
+
+    @Test func dueLeasesEndAheadOfQueuedCommitsAndBatchesStopShortOfTheNextDeadline() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        let clock = agent.clock
+        // A slow kernel: each lease it installs takes 10 ms (the manual clock advances).
+        _ = await agent.service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in
+                let installs = plan.nft.filter { if case .addSteer = $0 { return true } else { return false } }.count
+                clock.advance(milliseconds: 10 * UInt64(installs))
+            }
+        }
+        // E's deadline is 1 000 ms from now, F's 1 050 ms (each install takes 10 ms).
+        #expect(try await agent.call("PUT", "/v1/leases/E", json: lease("E", ttlMs: 1000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/F", json: lease("F", client: "198.18.1.3", ttlMs: 1040)).0 == 201)
+        // The service's loop is held while 8 commits queue up and E falls due.
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let plansBefore = Mutex(0)
+        let blocker = Task {
+            await agent.service.withBackend("ep") { backend in
+                plansBefore.withLock { $0 = (backend as! InMemoryBackend).appliedPlans.count }
+                entered.signal()
+                release.wait()
+            }
+        }
+        try await offPool { entered.wait() }
+        // Straight to the service: each commit is a job queued on its held loop, so all eight
+        // are pending when the loop runs again.
+        let service = agent.service
+        let commits = (0..<8).map { i in
+            Task {
+                let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
+                                        classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
+                                        anchor: Anchor(id: "edge-1", address: IPAddress("198.18.2.2")!, port: 7000),
+                                        qos: QoSBinding(rateKbit: 10, ceilKbit: 20, priority: 1))
+                return (try? await service.commit(req)) != nil
+            }
+        }
+        _ = try await offPool { usleep(200_000) }   // the commits are queued
+        clock.advance(milliseconds: 1000)            // E is due, F in 30 ms
+        release.signal()
+        _ = await blocker.value
+        for c in commits { #expect(await c.value) }
+        let events = try await agent.text("/v1/events?follow=false").split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
+        func index(_ event: String, _ id: String) -> Int? {
+            events.firstIndex { $0["event"]?.stringValue == event && $0["lease_id"]?.stringValue == id }
+        }
+        let admittedQueued = (0..<8).compactMap { index("admitted", "q\($0)") }
+        #expect(admittedQueued.count == 8)
+        // E ended before any of the queued leases was installed; F, due while they were being
+        // installed (80 ms of kernel time), before the last of them.
+        #expect(index("expired", "E").map { $0 < admittedQueued.min()! } == true)
+        #expect(index("expired", "F").map { $0 < admittedQueued.max()! } == true)
+        // The queued commits went in more than one batch.
+        let plans = await agent.service.withBackend("ep") { ($0 as! InMemoryBackend).appliedPlans } ?? []
+        let installing = plans.dropFirst(plansBefore.withLock { $0 }).filter { plan in plan.nft.contains { if case .addSteer = $0 { return true } else { return false } } }
+        #expect(installing.count >= 2)
+        #expect(await agent.service.lease("E") == nil)
+        #expect(await agent.service.lease("F") == nil)
     }
 }
 
