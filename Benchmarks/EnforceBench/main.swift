@@ -365,7 +365,7 @@ struct Row {
     var loadedExpiryP50 = Double.nan, loadedExpiryP99 = Double.nan, loadedExpiryMax = Double.nan
     /// The agent's journal fdatasync per batch, and the lease thread's wait for it after its
     /// kernel work (the agent's recent samples, accumulating over the run): p99 / max, ms.
-    var journalSync = "", journalWait = ""
+    var journalSync = "", journalWait = "", journalCompaction = ""
     /// RSS right after the level's churn, and again after 2 s without requests (the agent trims
     /// malloc once its lease service has been idle for a second).
     var rss = 0.0, rssIdle = 0.0, heapInUse = 0.0, heapFree = 0.0
@@ -452,6 +452,7 @@ for level in opt.levels {
     func p99max(_ j: JSON?) -> String { "\(f(j?["p99_ms"]?.doubleValue ?? .nan)) / \(f(j?["max_ms"]?.doubleValue ?? .nan))" }
     row.journalSync = p99max(latency?["journal_sync"])
     row.journalWait = p99max(latency?["journal_wait"])
+    row.journalCompaction = "\(latency?["journal_compaction"]?["count"]?.int64Value ?? 0), max \(f(latency?["journal_compaction"]?["max_ms"]?.doubleValue ?? .nan)) ms"
     if quiet.isEmpty {
         let lat = latency?["expiry_lateness"]
         row.expiryP50 = lat?["p50_ms"]?.doubleValue ?? .nan
@@ -480,7 +481,7 @@ for level in opt.levels {
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
           + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms, under load p50 \(f(row.loadedExpiryP50, 2)) p99 \(f(row.loadedExpiryP99, 2)) max \(f(row.loadedExpiryMax, 2)) ms; "
-          + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms; "
+          + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms, compactions so far \(row.journalCompaction); "
           + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }

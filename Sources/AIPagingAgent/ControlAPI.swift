@@ -444,7 +444,8 @@ public struct ControlAPI: Sendable {
         o["latency"] = ["install": snapshot.stats.installLatencies.summary,
                         "expiry_lateness": snapshot.stats.expiryLateness.summary,
                         "journal_sync": snapshot.stats.journalSync.summary,
-                        "journal_wait": snapshot.stats.journalWait.summary]
+                        "journal_wait": snapshot.stats.journalWait.summary,
+                        "journal_compaction": snapshot.stats.journalCompaction.summary]
         o["evidence"] = evidenceStatus()
         o["memory"] = Self.memoryStatus(snapshot.stats)
         o["scheduling"] = ThreadScheduling.status

@@ -49,6 +49,13 @@ public final class LeaseJournal {
 
     deinit {
         if syncInFlight { _ = syncWorker?.wait() }
+        if directorySyncPending { LeaseJournal.syncDirectory(of: path) }
+        if let job = compaction {
+            // Not switched: the journal stays as it is; the snapshot is dropped.
+            job.done.wait()
+            if case .success(let v)? = job.result.withLock({ $0 }) { close(v.fd) }
+            unlink(path + ".tmp")
+        }
         syncWorker?.stop()
         close(fd)
     }
@@ -147,6 +154,10 @@ public final class LeaseJournal {
 
     /// Makes everything written so far durable (fdatasync on this thread).
     public func sync() throws(JournalError) {
+        if directorySyncPending {
+            LeaseJournal.syncDirectory(of: path)
+            directorySyncPending = false
+        }
         guard fdatasync(fd) == 0 else {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))")
         }
@@ -161,7 +172,8 @@ public final class LeaseJournal {
         syncInFlight = true
         let worker = syncWorker ?? SyncWorker(name: "aip-journal")
         syncWorker = worker
-        worker.start(fd)
+        worker.start(fd, directoryOf: directorySyncPending ? path : nil)
+        directorySyncPending = false
     }
 
     /// How long a sync started by `beginSync()` took: the fdatasync itself, and how long
@@ -194,6 +206,8 @@ public final class LeaseJournal {
         /// The file to sync (-1: stop), then the errno of the fdatasync (0: done) and how long it
         /// took (ns).
         let job = Mutex<(fd: Int32, errno: Int32, took: UInt64)>((-1, 0, 0))
+        /// A journal whose directory to fsync first (a compaction's rename), or nil.
+        let directoryOf = Mutex<String?>(nil)
 
         init(name: String) {
             Thread.detachNewThread { [self] in
@@ -204,6 +218,7 @@ public final class LeaseJournal {
                     let fd = job.withLock { $0.fd }
                     if fd < 0 { return }
                     let t0 = DispatchTime.now().uptimeNanoseconds
+                    if let path = directoryOf.withLock({ p in defer { p = nil }; return p }) { LeaseJournal.syncDirectory(of: path) }
                     let r = fdatasync(fd) == 0 ? 0 : errno
                     let took = DispatchTime.now().uptimeNanoseconds - t0
                     job.withLock { $0.errno = r; $0.took = took }
@@ -212,7 +227,8 @@ public final class LeaseJournal {
             }
         }
 
-        func start(_ fd: Int32) {
+        func start(_ fd: Int32, directoryOf path: String? = nil) {
+            directoryOf.withLock { $0 = path }
             job.withLock { $0 = (fd, 0, 0) }
             request.signal()
         }
@@ -236,40 +252,152 @@ public final class LeaseJournal {
         return a.withUnsafeBytes { aip_crc32(0, $0.baseAddress, $0.count) }
     }
 
-    public var needsCompaction: Bool { sizeBytes > max(16 << 20, 4 * snapshotBytes) }
+    public var needsCompaction: Bool { compaction == nil && sizeBytes > max(16 << 20, 4 * snapshotBytes) }
 
-    /// Rewrites the journal as exactly `records` (the live state), atomically.
-    public func compact(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
-        precondition(!syncInFlight, "compact while a sync is in flight")
+    /// A compaction whose snapshot is being written on a thread of its own (`beginCompaction`).
+    var compaction: Compaction?
+
+    final class Compaction: Sendable {
+        /// The journal's size when the snapshot was taken: what was appended after it is copied
+        /// behind the snapshot before the switch.
+        let offset: Int
+        let done = DispatchSemaphore(value: 0)
+        /// The written temp file (its descriptor and size), or why it could not be written.
+        let result = Mutex<Result<(fd: Int32, bytes: Int), JournalError>?>(nil)
+        init(offset: Int) { self.offset = offset }
+    }
+
+    /// Starts a compaction that does not hold up the caller: `records` (the live state now) are
+    /// encoded, written to `leases.journal.tmp` and fsynced on a thread of their own, while
+    /// appends go on to the journal; `finishCompaction()` then completes it. The replay of the
+    /// snapshot followed by what was appended after it gives the same state as the journal (a
+    /// record is the whole state of its lease or cursor, the last one wins).
+    public func beginCompaction(_ records: [JournalRecord], clock: ClockReading) {
+        beginCompaction(clock: clock) { records }
+    }
+
+    /// The same, with the records built on the compaction's thread by `snapshot` (from a copy of
+    /// the state as it is now, which the caller captures).
+    public func beginCompaction(clock: ClockReading, _ snapshot: @escaping @Sendable () -> [JournalRecord]) {
+        precondition(compaction == nil, "a compaction is already in flight")
+        let job = Compaction(offset: sizeBytes)
+        compaction = job
+        let tmp = path + ".tmp", bootID = bootID
+        Thread.detachNewThread {
+            Thread.current.name = "aip-compact"
+            ThreadScheduling.enterBackground(.journalCompaction)
+            let bytes = LeaseJournal.encode(snapshot(), bootID: bootID, clock: clock)
+            let r: Result<(fd: Int32, bytes: Int), JournalError>
+            do throws(JournalError) {
+                r = .success((try LeaseJournal.writeSynced(tmp, bytes), bytes.count))
+            } catch {
+                r = .failure(error)
+            }
+            job.result.withLock { $0 = r }
+            job.done.signal()
+        }
+    }
+
+    /// Completes a compaction whose snapshot is written: appends to it what the journal got
+    /// meanwhile, makes that durable and puts it in the journal's place (rename, fsync of the
+    /// directory). Returns at once, false, if the snapshot is still being written (or none is);
+    /// a failed compaction is dropped (the journal goes on as it was) and its error thrown.
+    @discardableResult
+    public func finishCompaction(wait: Bool = false) throws(JournalError) -> Bool {
+        guard let job = compaction else { return false }
+        precondition(!syncInFlight, "finishCompaction while a sync is in flight")
+        if wait { job.done.wait() } else if job.done.wait(timeout: .now()) == .timedOut { return false }
+        compaction = nil
         let tmp = path + ".tmp"
-        let t = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard t >= 0 else { throw JournalError(description: "creating \(tmp): \(String(cString: strerror(errno)))") }
-        let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
+        let (t, snapshot): (Int32, Int)
+        switch job.result.withLock({ $0 })! {
+        case .failure(let e): throw e
+        case .success(let v): (t, snapshot) = v
+        }
+        func fail(_ what: String) -> JournalError {
+            let e = JournalError(description: "\(what) \(tmp): \(String(cString: strerror(errno)))")
+            close(t)
+            unlink(tmp)
+            return e
+        }
+        // The records appended since the snapshot, as they are in the journal (whole lines).
+        var tail = [UInt8](repeating: 0, count: sizeBytes - job.offset)
+        var got = 0
+        while got < tail.count {
+            let n = tail[got...].withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(job.offset + got)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw fail("reading the journal's tail for") }
+            got += n
+        }
+        var put = 0
+        while put < tail.count {
+            let n = tail[put...].withUnsafeBytes { Glibc.write(t, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw fail("writing the journal's tail to") }
+            put += n
+        }
+        guard tail.isEmpty || fdatasync(t) == 0 else { throw fail("fdatasync") }
+        close(t)
+        try replace(with: tmp, syncDirectory: false)
+        sizeBytes = snapshot + tail.count
+        snapshotBytes = snapshot
+        return true
+    }
+
+    /// A rename of the journal not yet made durable: the next sync fsyncs the directory first.
+    var directorySyncPending = false
+
+    static func syncDirectory(of path: String) {
+        let dirPath = path.hasPrefix("/") ? "/" + path.split(separator: "/").dropLast().joined(separator: "/") : "."
+        let dir = open(dirPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 { _ = fsync(dir); close(dir) }
+    }
+
+    /// Writes `bytes` to a new file `path` and fsyncs it; returns it open for appending.
+    static func writeSynced(_ path: String, _ bytes: [UInt8]) throws(JournalError) -> Int32 {
+        let t = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard t >= 0 else { throw JournalError(description: "creating \(path): \(String(cString: strerror(errno)))") }
         var written = 0
         while written < bytes.count {
             let n = bytes[written...].withUnsafeBytes { Glibc.write(t, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
+                let e = JournalError(description: "writing \(path): \(String(cString: strerror(errno)))")
                 close(t)
-                unlink(tmp)
-                throw JournalError(description: "writing \(tmp): \(String(cString: strerror(errno)))")
+                unlink(path)
+                throw e
             }
             written += n
         }
         guard fsync(t) == 0 else {
+            let e = JournalError(description: "fsync \(path): \(String(cString: strerror(errno)))")
             close(t)
-            unlink(tmp)
-            throw JournalError(description: "fsync \(tmp): \(String(cString: strerror(errno)))")
+            unlink(path)
+            throw e
         }
-        close(t)
+        return t
+    }
+
+    /// Renames the durable file `tmp` over the journal and reopens it. The rename is made
+    /// durable (fsync of the directory) here, or with `syncDirectory` false by the next sync,
+    /// before anything appended after it is answered (`directorySyncPending`).
+    func replace(with tmp: String, syncDirectory: Bool = true) throws(JournalError) {
         guard rename(tmp, path) == 0 else { throw JournalError(description: "rename \(tmp): \(String(cString: strerror(errno)))") }
-        let dirPath = path.hasPrefix("/") ? "/" + path.split(separator: "/").dropLast().joined(separator: "/") : "."
-        let dir = open(dirPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 { _ = fsync(dir); close(dir) }
+        if syncDirectory { LeaseJournal.syncDirectory(of: path) } else { directorySyncPending = true }
         let newFD = open(path, O_RDWR | O_APPEND | O_CLOEXEC)
         guard newFD >= 0 else { throw JournalError(description: "reopening \(path): \(String(cString: strerror(errno)))") }
         close(fd)
         fd = newFD
+    }
+
+    /// Rewrites the journal as exactly `records` (the live state), atomically, on this thread.
+    public func compact(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
+        precondition(!syncInFlight, "compact while a sync is in flight")
+        precondition(compaction == nil, "compact while a compaction is in flight")
+        let tmp = path + ".tmp"
+        let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
+        close(try LeaseJournal.writeSynced(tmp, bytes))
+        try replace(with: tmp)
         sizeBytes = bytes.count
         snapshotBytes = bytes.count
     }

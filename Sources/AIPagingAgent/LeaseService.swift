@@ -123,6 +123,9 @@ public actor LeaseService {
         /// for it after its kernel work (the part of it in the install latency).
         public var journalSync = LatencyHistogram()
         public var journalWait = LatencyHistogram()
+        /// The lease thread's time on each journal compaction: putting the written snapshot (plus
+        /// what was appended meanwhile) in place; at start, the whole compaction.
+        public var journalCompaction = LatencyHistogram()
     }
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
@@ -609,7 +612,10 @@ public actor LeaseService {
             detail["late_us"] = .int(deadline.nanoseconds(until: applyDone.boot) / 1000)
             publish(kind, lease, at: applyDone, related: lease.replacedBy, detail: detail)
         }
-        if let journal, journal.needsCompaction { compactJournal(journal) }
+        if let journal {
+            finishCompaction(journal)
+            if journal.needsCompaction { compactJournal(journal, inBackground: true) }
+        }
         rearm()
         churnSinceTrim += items.count
         lastBatchBoot = applyDone.boot
@@ -921,18 +927,48 @@ extension LeaseService {
         return dropped
     }
 
-    func compactJournal(_ journal: LeaseJournal) {
+    /// Rewrites the journal as the live state. In the background (during service): the records
+    /// are built from a copy of the table (copy-on-write: the table's storage is copied only if
+    /// the service changes it before the copy is dropped) and written on the journal's compaction
+    /// thread, and `finishCompaction` puts them in place at the end of a later batch; otherwise
+    /// (at start) right here.
+    func compactJournal(_ journal: LeaseJournal, inBackground: Bool = false) {
         let now = clock.now()
-        var records: [JournalRecord] = points.keys.sorted().map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
-        records += table.leases.values.map { .lease($0) }
-        // Tombstones keep the instant their retention counts from (`at`), so compaction does
-        // not extend them.
-        for t in table.tombstones {
-            records.append(.ended(id: t.id, state: .expired, generation: t.generation, at: t.retainedFrom, mark: 0, point: defaultPoint))
+        let table = self.table, pointNames = points.keys.sorted(), defaultPoint = self.defaultPoint
+        let snapshot: @Sendable () -> [JournalRecord] = {
+            var records: [JournalRecord] = pointNames.map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
+            records += table.leases.values.map { .lease($0) }
+            // Tombstones keep the instant their retention counts from (`at`), so compaction
+            // does not extend them.
+            for t in table.tombstones {
+                records.append(.ended(id: t.id, state: .expired, generation: t.generation, at: t.retainedFrom, mark: 0, point: defaultPoint))
+            }
+            return records
+        }
+        if inBackground {
+            journal.beginCompaction(clock: now, snapshot)
+            return
         }
         do {
+            let records = snapshot()
             try journal.compact(records, clock: now)
-            logger.info("compacted the lease journal", metadata: ["records": "\(records.count)"])
+            let took = now.boot.nanoseconds(until: clock.now().boot)
+            stats.journalCompaction.record(nanoseconds: took)
+            logger.info("compacted the lease journal", metadata: ["records": "\(records.count)", "took_us": "\(took / 1000)"])
+        } catch {
+            logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Puts a background compaction's snapshot in the journal's place once it is written, with
+    /// what was appended meanwhile (otherwise returns at once).
+    func finishCompaction(_ journal: LeaseJournal) {
+        let t0 = clock.now().boot
+        do {
+            guard try journal.finishCompaction() else { return }
+            let switched = t0.nanoseconds(until: clock.now().boot)
+            stats.journalCompaction.record(nanoseconds: switched)
+            logger.info("compacted the lease journal", metadata: ["bytes": "\(journal.sizeBytes)", "switch_us": "\(switched / 1000)"])
         } catch {
             logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
         }

@@ -30,6 +30,7 @@ public enum ThreadScheduling {
         case lease, expiry, http, journal, evidence
         case evidenceLog = "evidence_log"
         case sweeper
+        case journalCompaction = "journal_compaction"
     }
 
     /// The kernel's minimum custom slice.

@@ -83,6 +83,43 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dir + "/leases.journal.tmp"))
     }
 
+    @Test func aBackgroundCompactionKeepsWhatWasAppendedWhileItsSnapshotWasWritten() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clock = SystemClock().now()
+        let j = try LeaseJournal(stateDir: dir)
+        for i in 0..<50 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        j.beginCompaction([.cursor(point: "ep", nextSlot: 9), .lease(record("keep", clock: clock))], clock: clock)
+        #expect(!j.needsCompaction)
+        // Appends go on to the journal while the snapshot is written, and are durable there.
+        try j.append([.lease(record("during", clock: clock))], clock: clock)
+        #expect(try LeaseJournal(stateDir: dir).load(clock: clock).records.count == 51)
+        #expect(try j.finishCompaction(wait: true))
+        try j.append([.lease(record("after", clock: clock))], clock: clock)
+        let (records, cut) = try LeaseJournal(stateDir: dir).load(clock: clock)
+        #expect(cut == 0)
+        #expect(records.map { r -> String in
+            if case .lease(let l) = r { return l.id }
+            return "cursor"
+        } == ["cursor", "keep", "during", "after"])
+        #expect(!FileManager.default.fileExists(atPath: dir + "/leases.journal.tmp"))
+        #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
+    }
+
+    @Test func aCompactionNotFinishedLeavesTheJournalAsItWas() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clock = SystemClock().now()
+        do {
+            let j = try LeaseJournal(stateDir: dir)
+            for i in 0..<20 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+            j.beginCompaction([.lease(record("keep", clock: clock))], clock: clock)
+            try j.append([.lease(record("during", clock: clock))], clock: clock)
+        }   // the journal is closed (an agent stopped) before the switch
+        #expect(try LeaseJournal(stateDir: dir).load(clock: clock).records.count == 21)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/leases.journal.tmp"))
+    }
+
     /// A restarted agent gets its leases back from the journal (in-memory kernel).
     @Test func aRestartedServiceHasItsLeasesBack() async throws {
         let dir = try tempDir()
