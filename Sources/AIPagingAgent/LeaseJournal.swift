@@ -299,9 +299,10 @@ public final class LeaseJournal {
     }
 
     /// Completes a compaction whose snapshot is written: appends to it what the journal got
-    /// meanwhile, makes that durable and puts it in the journal's place (rename, fsync of the
-    /// directory). Returns at once, false, if the snapshot is still being written (or none is);
-    /// a failed compaction is dropped (the journal goes on as it was) and its error thrown.
+    /// meanwhile, makes that durable and renames it into the journal's place (the directory's
+    /// fsync goes with the next sync). Returns at once, false, if the snapshot is still being
+    /// written (or none is); a failed compaction is dropped (the journal goes on as it was) and
+    /// its error thrown.
     @discardableResult
     public func finishCompaction(wait: Bool = false) throws(JournalError) -> Bool {
         guard let job = compaction else { return false }
@@ -381,11 +382,17 @@ public final class LeaseJournal {
     /// Renames the durable file `tmp` over the journal and reopens it. The rename is made
     /// durable (fsync of the directory) here, or with `syncDirectory` false by the next sync,
     /// before anything appended after it is answered (`directorySyncPending`).
+    /// (The new file is opened before the rename: once renamed, nothing can fail before the
+    /// journal appends to it.)
     func replace(with tmp: String, syncDirectory: Bool = true) throws(JournalError) {
-        guard rename(tmp, path) == 0 else { throw JournalError(description: "rename \(tmp): \(String(cString: strerror(errno)))") }
+        let newFD = open(tmp, O_RDWR | O_APPEND | O_CLOEXEC)
+        guard newFD >= 0 else { throw JournalError(description: "opening \(tmp): \(String(cString: strerror(errno)))") }
+        guard rename(tmp, path) == 0 else {
+            let e = JournalError(description: "rename \(tmp): \(String(cString: strerror(errno)))")
+            close(newFD)
+            throw e
+        }
         if syncDirectory { LeaseJournal.syncDirectory(of: path) } else { directorySyncPending = true }
-        let newFD = open(path, O_RDWR | O_APPEND | O_CLOEXEC)
-        guard newFD >= 0 else { throw JournalError(description: "reopening \(path): \(String(cString: strerror(errno)))") }
         close(fd)
         fd = newFD
     }
