@@ -363,21 +363,28 @@ public actor LeaseService {
     static let lateBudgetNs: UInt64 = 1_000_000
     /// Kernel time per request (commit or revoke) of recent batches, a moving average.
     var kernelNsPerRequest: UInt64 = 100_000
+    /// The last batch only ended due leases: the next one serves requests first, so a stream of
+    /// deadlines cannot hold queued requests back (their batch is then held to `lateBudgetNs`).
+    var lastBatchOnlyEndedDueLeases = false
 
     /// What the next batch processes, taken out of `pending`. Leases already due end first, in a
     /// batch of their own: their removal does not wait for the kernel work of requests queued
     /// before the deadline (a renewal that arrives after its lease's deadline finds it ended,
-    /// whatever the queue's order). Otherwise every item, except that requests beyond what the
-    /// time until the next deadline allows (`lateBudgetNs`) stay queued, in order, for the next
-    /// batch.
+    /// whatever the queue's order); but not twice in a row while requests wait. Otherwise every
+    /// item, except that requests beyond what the time until the next deadline allows
+    /// (`lateBudgetNs`) stay queued, in order, for the next batch.
     func takeBatch(now: ClockReading) -> [Work] {
         let t = table
-        guard let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant }) else {
+        let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant })
+        let onlyDue = lastBatchOnlyEndedDueLeases
+        lastBatchOnlyEndedDueLeases = false
+        guard let next else {
             defer { pending = [] }
             return pending
         }
-        if next <= now.boot {
+        if next <= now.boot && !onlyDue {
             pending.removeAll { if case .tick = $0 { return true } else { return false } }
+            lastBatchOnlyEndedDueLeases = true
             return [.tick]
         }
         let limit = (now.boot.nanoseconds(until: next) + Self.lateBudgetNs) / max(kernelNsPerRequest, 1)

@@ -256,6 +256,51 @@ import Testing
         #expect(try await agent.kernel().steering.count == 64)
     }
 
+    @Test func aStreamOfDeadlinesDoesNotHoldQueuedCommitsBack() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        let clock = agent.clock
+        // A slow kernel: every change takes 10 ms (the manual clock advances).
+        _ = await agent.service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in if !plan.nft.isEmpty { clock.advance(milliseconds: 10) } }
+        }
+        // A is due 1 000 ms from now, B 1 015 ms (each install takes 10 ms).
+        #expect(try await agent.call("PUT", "/v1/leases/A", json: lease("A", ttlMs: 1000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3", ttlMs: 1005)).0 == 201)
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let blocker = Task {
+            await agent.service.withBackend("ep") { _ in
+                entered.signal()
+                release.wait()
+            }
+        }
+        try await offPool { entered.wait() }
+        let service = agent.service
+        let commits = (0..<2).map { i in
+            Task {
+                let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
+                                        classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
+                                        anchor: Anchor(id: "edge-1", address: IPAddress("198.18.2.2")!, port: 7000),
+                                        qos: QoSBinding(rateKbit: 10, ceilKbit: 20, priority: 1))
+                return (try? await service.commit(req)) != nil
+            }
+        }
+        _ = try await offPool { usleep(200_000) }   // the commits are queued
+        clock.advance(milliseconds: 990)             // A is due, B in 5 ms: due once A's removal took 10
+        release.signal()
+        _ = await blocker.value
+        for c in commits { #expect(await c.value) }
+        let events = try await agent.text("/v1/events?follow=false").split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
+        func index(_ event: String, _ id: String) -> Int? {
+            events.firstIndex { $0["event"]?.stringValue == event && $0["lease_id"]?.stringValue == id }
+        }
+        // A ended first; then a queued commit went in before B's expiry, which was due by then.
+        let a = index("expired", "A"), b = index("expired", "B")
+        let first = [index("admitted", "q0"), index("admitted", "q1")].compactMap { $0 }.min()
+        #expect(a != nil && b != nil && first != nil)
+        if let a, let b, let first { #expect(a < first && first < b) }
+    }
+
     @Test func dueLeasesEndAheadOfQueuedCommitsAndBatchesStopShortOfTheNextDeadline() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
