@@ -369,8 +369,7 @@ public actor LeaseService {
 
     /// What the next batch processes, taken out of `pending`. Leases already due end first, in a
     /// batch of their own: their removal does not wait for the kernel work of requests queued
-    /// before the deadline (a renewal that arrives after its lease's deadline finds it ended,
-    /// whatever the queue's order); but not twice in a row while requests wait. Otherwise every
+    /// before the deadline; but not twice in a row while requests wait. Otherwise every
     /// item, except that requests beyond what the time until the next deadline allows
     /// (`lateBudgetNs`) stay queued, in order, for the next batch.
     func takeBatch(now: ClockReading) -> [Work] {

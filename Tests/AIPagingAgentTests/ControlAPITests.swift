@@ -267,36 +267,14 @@ import Testing
         // A is due 1 000 ms from now, B 1 015 ms (each install takes 10 ms).
         #expect(try await agent.call("PUT", "/v1/leases/A", json: lease("A", ttlMs: 1000)).0 == 201)
         #expect(try await agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3", ttlMs: 1005)).0 == 201)
-        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
-        let blocker = Task {
-            await agent.service.withBackend("ep") { _ in
-                entered.signal()
-                release.wait()
-            }
+        let (committed, _) = try await agent.commitsQueuedOnHeldLoop(2) {
+            clock.advance(milliseconds: 990)   // A is due, B in 5 ms: due once A's removal took 10
         }
-        try await offPool { entered.wait() }
-        let service = agent.service
-        let commits = (0..<2).map { i in
-            Task {
-                let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
-                                        classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
-                                        anchor: Anchor(id: "edge-1", address: IPAddress("198.18.2.2")!, port: 7000),
-                                        qos: QoSBinding(rateKbit: 10, ceilKbit: 20, priority: 1))
-                return (try? await service.commit(req)) != nil
-            }
-        }
-        _ = try await offPool { usleep(200_000) }   // the commits are queued
-        clock.advance(milliseconds: 990)             // A is due, B in 5 ms: due once A's removal took 10
-        release.signal()
-        _ = await blocker.value
-        for c in commits { #expect(await c.value) }
-        let events = try await agent.text("/v1/events?follow=false").split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
-        func index(_ event: String, _ id: String) -> Int? {
-            events.firstIndex { $0["event"]?.stringValue == event && $0["lease_id"]?.stringValue == id }
-        }
+        #expect(committed == [true, true])
+        let events = try await agent.events()
         // A ended first; then a queued commit went in before B's expiry, which was due by then.
-        let a = index("expired", "A"), b = index("expired", "B")
-        let first = [index("admitted", "q0"), index("admitted", "q1")].compactMap { $0 }.min()
+        let a = events.index("expired", "A"), b = events.index("expired", "B")
+        let first = [events.index("admitted", "q0"), events.index("admitted", "q1")].compactMap { $0 }.min()
         #expect(a != nil && b != nil && first != nil)
         if let a, let b, let first { #expect(a < first && first < b) }
     }
@@ -307,29 +285,50 @@ import Testing
         let clock = agent.clock
         // A slow kernel: each lease it installs takes 10 ms (the manual clock advances).
         _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in
-                let installs = plan.nft.filter { if case .addSteer = $0 { return true } else { return false } }.count
-                clock.advance(milliseconds: 10 * UInt64(installs))
-            }
+            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 10 * UInt64(plan.installs)) }
         }
         // E's deadline is 1 000 ms from now, F's 1 050 ms (each install takes 10 ms).
         #expect(try await agent.call("PUT", "/v1/leases/E", json: lease("E", ttlMs: 1000)).0 == 201)
         #expect(try await agent.call("PUT", "/v1/leases/F", json: lease("F", client: "198.18.1.3", ttlMs: 1040)).0 == 201)
         // The service's loop is held while 8 commits queue up and E falls due.
+        let (committed, plansBefore) = try await agent.commitsQueuedOnHeldLoop(8) {
+            clock.advance(milliseconds: 1000)   // E is due, F in 30 ms
+        }
+        #expect(committed == [Bool](repeating: true, count: 8))
+        let events = try await agent.events()
+        let admittedQueued = (0..<8).compactMap { events.index("admitted", "q\($0)") }
+        #expect(admittedQueued.count == 8)
+        // E ended before any of the queued leases was installed; F, due while they were being
+        // installed (80 ms of kernel time), before the last of them.
+        #expect(events.index("expired", "E").map { $0 < admittedQueued.min()! } == true)
+        #expect(events.index("expired", "F").map { $0 < admittedQueued.max()! } == true)
+        // The queued commits went in more than one batch.
+        let plans = await agent.service.withBackend("ep") { ($0 as! InMemoryBackend).appliedPlans } ?? []
+        let installing = plans.dropFirst(plansBefore).filter { $0.installs > 0 }
+        #expect(installing.count >= 2)
+        #expect(await agent.service.lease("E") == nil)
+        #expect(await agent.service.lease("F") == nil)
+    }
+}
+
+extension TestAgent {
+    /// Holds the lease service's loop, queues `n` commits (`q0`, `q1`, ...) straight to the
+    /// service meanwhile (each a job on the held loop, so all of them are pending when it runs
+    /// again), runs `meanwhile`, lets the loop go and waits for the commits. Returns whether each
+    /// was admitted, and how many plans the in-memory kernel had applied before.
+    func commitsQueuedOnHeldLoop(_ n: Int, meanwhile: () -> Void) async throws -> (committed: [Bool], plansBefore: Int) {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let plansBefore = Mutex(0)
+        let service = self.service
         let blocker = Task {
-            await agent.service.withBackend("ep") { backend in
+            await service.withBackend("ep") { backend in
                 plansBefore.withLock { $0 = (backend as! InMemoryBackend).appliedPlans.count }
                 entered.signal()
                 release.wait()
             }
         }
         try await offPool { entered.wait() }
-        // Straight to the service: each commit is a job queued on its held loop, so all eight
-        // are pending when the loop runs again.
-        let service = agent.service
-        let commits = (0..<8).map { i in
+        let commits = (0..<n).map { i in
             Task {
                 let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
                                         classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
@@ -339,27 +338,30 @@ import Testing
             }
         }
         _ = try await offPool { usleep(200_000) }   // the commits are queued
-        clock.advance(milliseconds: 1000)            // E is due, F in 30 ms
+        meanwhile()
         release.signal()
         _ = await blocker.value
-        for c in commits { #expect(await c.value) }
-        let events = try await agent.text("/v1/events?follow=false").split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
-        func index(_ event: String, _ id: String) -> Int? {
-            events.firstIndex { $0["event"]?.stringValue == event && $0["lease_id"]?.stringValue == id }
-        }
-        let admittedQueued = (0..<8).compactMap { index("admitted", "q\($0)") }
-        #expect(admittedQueued.count == 8)
-        // E ended before any of the queued leases was installed; F, due while they were being
-        // installed (80 ms of kernel time), before the last of them.
-        #expect(index("expired", "E").map { $0 < admittedQueued.min()! } == true)
-        #expect(index("expired", "F").map { $0 < admittedQueued.max()! } == true)
-        // The queued commits went in more than one batch.
-        let plans = await agent.service.withBackend("ep") { ($0 as! InMemoryBackend).appliedPlans } ?? []
-        let installing = plans.dropFirst(plansBefore.withLock { $0 }).filter { plan in plan.nft.contains { if case .addSteer = $0 { return true } else { return false } } }
-        #expect(installing.count >= 2)
-        #expect(await agent.service.lease("E") == nil)
-        #expect(await agent.service.lease("F") == nil)
+        var committed: [Bool] = []
+        for c in commits { committed.append(await c.value) }
+        return (committed, plansBefore.withLock { $0 })
     }
+
+    /// The lifecycle events so far (`GET /v1/events?follow=false`).
+    func events() async throws -> [JSON] {
+        try await text("/v1/events?follow=false").split(separator: "\n").compactMap { try? JSON.parse(String($0)) }
+    }
+}
+
+extension [JSON] {
+    /// Where event `event` of lease `id` is among these events.
+    func index(_ event: String, _ id: String) -> Int? {
+        firstIndex { $0["event"]?.stringValue == event && $0["lease_id"]?.stringValue == id }
+    }
+}
+
+extension PointPlan {
+    /// Leases whose steering the plan installs.
+    var installs: Int { nft.filter { if case .addSteer = $0 { return true } else { return false } }.count }
 }
 
 func runProcessOffPool(_ args: [String]) async throws -> String {
