@@ -311,12 +311,52 @@ import Testing
     }
 }
 
+extension ControlAPITests {
+    @Test func requestsWaitForADeadlineThatOneRequestsKernelWorkWouldOverrun() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        let clock = agent.clock
+        // A slow kernel: each lease it installs takes 10 ms (the manual clock advances), as an
+        // HTB class add at 100 000 leases can.
+        _ = await agent.service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 10 * UInt64(plan.installs)) }
+        }
+        // Five leases teach the service what an install takes (its moving average: 7.6 ms).
+        for i in 0..<5 {
+            #expect(try await agent.call("PUT", "/v1/leases/W\(i)", json: lease("W\(i)", client: "198.18.1.\(10 + i)")).0 == 201)
+        }
+        // G is due 100 ms after its admission, 90 ms after its install.
+        #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", ttlMs: 100)).0 == 201)
+        // A revoke costs this kernel nothing, and the service learns that too.
+        #expect(try await agent.call("DELETE", "/v1/leases/W4").0 == 200)
+        let (done, _) = try await agent.commitsQueuedOnHeldLoop(2, revoking: ["W3"]) {
+            clock.advance(milliseconds: 87)   // G is due in 3 ms: one more install would end 7 ms late
+        } released: {
+            _ = try await offPool { usleep(200_000) }
+            // The revoke queued first went ahead; the commits wait for G's deadline.
+            #expect(await agent.service.lease("W3") == nil)
+            #expect(await agent.service.lease("q0") == nil)
+            #expect(await agent.service.lease("G")?.state == .active)
+            clock.advance(milliseconds: 3)
+            agent.service.tick()   // the expiry timer's tick at G's deadline
+        }
+        #expect(done == [true, true, true])
+        let events = try await agent.events()
+        let g = events.index("expired", "G"), q0 = events.index("admitted", "q0"), q1 = events.index("admitted", "q1")
+        #expect(g != nil && q0 != nil && q1 != nil)
+        if let g, let q0, let q1 { #expect(g < q0 && g < q1) }
+        #expect(g.map { events[$0]["late_us"]?.int64Value } == 0)   // gone at the deadline, not after an install
+    }
+}
+
 extension TestAgent {
     /// Holds the lease service's loop, queues `n` commits (`q0`, `q1`, ...) straight to the
     /// service meanwhile (each a job on the held loop, so all of them are pending when it runs
-    /// again), runs `meanwhile`, lets the loop go and waits for the commits. Returns whether each
-    /// was admitted, and how many plans the in-memory kernel had applied before.
-    func commitsQueuedOnHeldLoop(_ n: Int, meanwhile: () -> Void) async throws -> (committed: [Bool], plansBefore: Int) {
+    /// again; revokes of `revoking` queued before them), runs `meanwhile`, lets the loop go, runs
+    /// `released` and waits for the commits and revokes. Returns whether each commit was admitted
+    /// (and each revoke done, in that order), and how many plans the in-memory kernel had applied before.
+    func commitsQueuedOnHeldLoop(_ n: Int, revoking: [String] = [], meanwhile: () -> Void,
+                                 released: () async throws -> Void = {}) async throws -> (committed: [Bool], plansBefore: Int) {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let plansBefore = Mutex(0)
         let service = self.service
@@ -328,6 +368,11 @@ extension TestAgent {
             }
         }
         try await offPool { entered.wait() }
+        var revokes: [Task<Bool, Never>] = []
+        for id in revoking {
+            revokes.append(Task { (try? await service.revoke(id)) != nil })
+            _ = try await offPool { usleep(20_000) }   // queued in this order
+        }
         let commits = (0..<n).map { i in
             Task {
                 let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
@@ -341,8 +386,10 @@ extension TestAgent {
         meanwhile()
         release.signal()
         _ = await blocker.value
+        try await released()
         var committed: [Bool] = []
         for c in commits { committed.append(await c.value) }
+        for r in revokes { committed.append(await r.value) }
         return (committed, plansBefore.withLock { $0 })
     }
 
