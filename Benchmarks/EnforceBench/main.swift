@@ -3,8 +3,8 @@
 // For each level of N active leases it measures, through the control socket, the latency of a
 // single install (request until the reply, which comes only after the kernel state exists), a
 // single revoke, batched admission throughput with 64 concurrent clients, expiry lateness
-// (deadline to state gone, from the agent's `expired` events; quiet and while 64 clients are being
-// admitted), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
+// (deadline to state gone, from the agent's `expired` events; quiet, while 64 clients are being
+// admitted, and paced: one by one while one client admits and revokes), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
 // install/removal done the naive way (one `nft` and one `tc` process per lease), as a ratio. It
 // also checks with real packets that nothing is steered after a lease's deadline.
 import AIPagingClient
@@ -350,6 +350,37 @@ func agentCPUSeconds() -> Double {
     return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
+/// Paced expiries: 200 leases admitted in one batch with ttls of 3 000 + 25·j ms end one by one
+/// while one client admits and revokes a lease, pausing 8 ms after each (at 100 000 leases, where
+/// an install takes 5–10 ms, about half of the lease thread): deadlines that fall while a single
+/// install is under way. Returns the 200 leases' expiry lateness and the client's install times (ms).
+func pacedExpiries(_ level: Int) -> (late: [Double], installs: [Double]) {
+    let base = 6_000_000 + level, n = 200
+    let seq0 = status()["events_seq"]?.int64Value ?? 0
+    var body: [UInt8] = Array("{\"leases\":[".utf8)
+    for j in 0..<n {
+        if j > 0 { body.append(UInt8(ascii: ",")) }
+        body += leaseBody(base + j, ttlMs: 3000 + 25 * j)
+    }
+    body += Array("]}".utf8)
+    let t0 = now()
+    guard let r = try? client.request("POST", "/v1/leases", body: body), r.status == 200 else { return ([], []) }
+    let end = t0 + UInt64(3000 + 25 * n + 500) * 1_000_000
+    var installs: [Double] = []
+    if let conn = try? UnixHTTPClient.Connection(client) {
+        var i = 7_000_000 + level * 10
+        while now() < end {
+            let a = now()
+            precondition(putOn(conn, i))
+            installs.append(Double(now() - a) / 1e6)
+            precondition((try? conn.request("DELETE", "/v1/leases/b\(i)").status) == 200)
+            i += 1
+            usleep(8_000)
+        }
+    }
+    return (expiryLateness(ids: Set((base..<(base + n)).map { "b\($0)" }), after: seq0), installs)
+}
+
 // MARK: run
 
 struct Row {
@@ -363,6 +394,10 @@ struct Row {
     var expiryP50 = 0.0, expiryP99 = 0.0, expiryMax = 0.0
     /// Expiry lateness of 200 leases that end while 64 clients are being admitted (ms).
     var loadedExpiryP50 = Double.nan, loadedExpiryP99 = Double.nan, loadedExpiryMax = Double.nan
+    /// Expiry lateness of 200 leases ending 25 ms apart while one client admits and revokes a
+    /// lease every ~8 ms (`pacedExpiries`), and that client's install p50 / p99 (ms).
+    var pacedExpiryP50 = Double.nan, pacedExpiryP99 = Double.nan, pacedExpiryMax = Double.nan
+    var pacedInstallP50 = Double.nan, pacedInstallP99 = Double.nan
     /// The agent's journal fdatasync per batch, and the lease thread's wait for it after its
     /// kernel work (the agent's recent samples, accumulating over the run): p99 / max, ms.
     var journalSync = "", journalWait = "", journalCompaction = ""
@@ -461,6 +496,9 @@ for level in opt.levels {
     } else {
         (row.expiryP50, row.expiryP99, row.expiryMax) = (pct(quiet, 0.5), pct(quiet, 0.99), quiet.max() ?? .nan)
     }
+    let paced = pacedExpiries(level)
+    (row.pacedExpiryP50, row.pacedExpiryP99, row.pacedExpiryMax) = (pct(paced.late, 0.5), pct(paced.late, 0.99), paced.late.max() ?? .nan)
+    (row.pacedInstallP50, row.pacedInstallP99) = (pct(paced.installs, 0.5), pct(paced.installs, 0.99))
     (row.steeredAfter, row.probesAfter) = steeredAfterDeadline(level)
     row.rss = rssMB(agentProc.processIdentifier)
     usleep(2_000_000)
@@ -480,19 +518,19 @@ for level in opt.levels {
     }
     rows.append(row)
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
-          + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms, under load p50 \(f(row.loadedExpiryP50, 2)) p99 \(f(row.loadedExpiryP99, 2)) max \(f(row.loadedExpiryMax, 2)) ms; "
+          + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms, under load p50 \(f(row.loadedExpiryP50, 2)) p99 \(f(row.loadedExpiryP99, 2)) max \(f(row.loadedExpiryMax, 2)) ms, paced p50 \(f(row.pacedExpiryP50, 2)) p99 \(f(row.pacedExpiryP99, 2)) max \(f(row.pacedExpiryMax, 2)) ms (the pacing client's install p50 \(f(row.pacedInstallP50, 3)) p99 \(f(row.pacedInstallP99, 3)) ms); "
           + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms, compactions so far \(row.journalCompaction); "
           + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }
 
 say("")
-say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms): quiet / under load | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms): quiet; under load; paced | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
 say("| ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |")
 for r in rows {
     let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
     let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
-    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)); \(f(r.loadedExpiryP50)) / \(f(r.loadedExpiryP99)) / \(f(r.loadedExpiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
+    say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)); \(f(r.loadedExpiryP50)) / \(f(r.loadedExpiryP99)) / \(f(r.loadedExpiryMax)); \(f(r.pacedExpiryP50)) / \(f(r.pacedExpiryP99)) / \(f(r.pacedExpiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
 }
 if opt.hold > 0 {
     say("")
