@@ -27,8 +27,12 @@ final class LiveAgent: Sendable {
          backendSetup: (KernelBackend) -> Void = { _ in }) async throws {
         self.lab = lab
         self.keepDir = keepDir
-        dir = stateDir ?? NSTemporaryDirectory() + "aipaging-live-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if let stateDir {
+            dir = stateDir
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } else {
+            dir = try AgentTempDirs.make("aipaging-live-")
+        }
         socketPath = dir + "/agent.sock"
         var cfg = AgentConfig()
         cfg.socketPath = socketPath
@@ -59,7 +63,7 @@ final class LiveAgent: Sendable {
     func stop() async {
         task.cancel()
         _ = try? await task.value
-        if !keepDir { try? FileManager.default.removeItem(atPath: dir) }
+        if !keepDir { AgentTempDirs.remove(dir) }
     }
 
     @discardableResult

@@ -4,6 +4,7 @@ import AIPagingCore
 import AIPagingTestSupport
 import Foundation
 import Logging
+import Synchronization
 
 /// The real agent runtime and control server on a temporary socket, with the in-memory kernel.
 final class TestAgent: Sendable {
@@ -18,8 +19,7 @@ final class TestAgent: Sendable {
 
     init(policy: Policy = .lab, capacityKbit: UInt64 = 1_000_000, socketMode: mode_t = 0o600,
          configure: (inout AgentConfig) -> Void = { _ in }) async throws {
-        dir = NSTemporaryDirectory() + "aipaging-test-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try AgentTempDirs.make("aipaging-test-")
         socketPath = dir + "/agent.sock"
         var cfg = AgentConfig()
         cfg.socketPath = socketPath
@@ -51,7 +51,7 @@ final class TestAgent: Sendable {
     func stop() async {
         task.cancel()
         _ = try? await task.value
-        try? FileManager.default.removeItem(atPath: dir)
+        AgentTempDirs.remove(dir)
     }
 
     @discardableResult
@@ -119,3 +119,26 @@ func lease(_ id: String = "L1", aisi: String = "aisi-1", client: String = "198.1
 }
 
 struct AgentDidNotStart: Error {}
+
+/// The test agents' state directories. Tests stop their agent in a deferred task, which may not
+/// have run when the test process exits: what is left then is removed at exit.
+enum AgentTempDirs {
+    static let live = Mutex<Set<String>>([])
+    private static let removeAtExit: Void = {
+        atexit { for d in AgentTempDirs.live.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: d) } }
+    }()
+
+    /// A new directory under the temporary directory, named `prefix` and 8 random hex digits.
+    static func make(_ prefix: String) throws -> String {
+        _ = removeAtExit
+        let d = NSTemporaryDirectory() + prefix + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        live.withLock { _ = $0.insert(d) }
+        return d
+    }
+
+    static func remove(_ d: String) {
+        try? FileManager.default.removeItem(atPath: d)
+        live.withLock { _ = $0.remove(d) }
+    }
+}
