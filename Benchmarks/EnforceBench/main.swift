@@ -355,7 +355,7 @@ func agentCPUSeconds() -> Double {
 /// an install takes 5–10 ms, about half of the lease thread): deadlines that fall while a single
 /// install is under way. Returns the 200 leases' expiry lateness and the client's install times (ms).
 func pacedExpiries(_ level: Int) -> (late: [Double], installs: [Double]) {
-    let base = 6_000_000 + level, n = 200
+    let base = 8_000_000 + level, n = 200
     let seq0 = status()["events_seq"]?.int64Value ?? 0
     var body: [UInt8] = Array("{\"leases\":[".utf8)
     for j in 0..<n {
@@ -368,7 +368,7 @@ func pacedExpiries(_ level: Int) -> (late: [Double], installs: [Double]) {
     let end = t0 + UInt64(3000 + 25 * n + 500) * 1_000_000
     var installs: [Double] = []
     if let conn = try? UnixHTTPClient.Connection(client) {
-        var i = 7_000_000 + level * 10
+        var i = 9_000_000 + level * 10
         while now() < end {
             let a = now()
             precondition(putOn(conn, i))
