@@ -30,7 +30,7 @@ public struct AgentConfig: Sendable, Equatable {
     /// parsing and encoding then overlap with the lease service's kernel work, at the price of
     /// two thread switches per request. Off, both share one thread. On the 2-vCPU bench node
     /// the shared thread is faster for single PUTs (3 050 vs 2 410 leases/s at 10 000 active)
-    /// and the separate one for batches (6 000 vs 4 800 leases/s); see the README.
+    /// and the separate one for batches (6 000 vs 4 800 leases/s); see docs/performance.md.
     public var httpThread = false
     /// Nice value of the threads controllers wait on: the lease service's, the expiry timer's and
     /// the journal's (`lease_thread_nice`, -20...19, default -10). See `ThreadScheduling`.

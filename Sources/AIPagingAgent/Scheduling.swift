@@ -24,7 +24,7 @@ import Glibc
 /// Both with SCHED_RESET_ON_FORK: threads they start run at nice 0 with the default slice. The
 /// background threads (evidence, evidence log, conntrack sweeper) run at nice 10 in SCHED_BATCH
 /// (their wakeups never preempt), send probes at most 16 per syscall, and yield the CPU every
-/// 0.2 ms of a long loop (`CooperativeYield`). Measured in the README (Performance).
+/// 0.2 ms of a long loop (`CooperativeYield`). Measured in docs/performance.md.
 public enum ThreadScheduling {
     public enum Role: String, Sendable, CaseIterable {
         case lease, expiry, http, journal, evidence

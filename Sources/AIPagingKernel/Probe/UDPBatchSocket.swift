@@ -116,10 +116,10 @@ public final class UDPBatchSocket {
     /// message (before Linux 6.14): then use one socket per priority with `setPriority`.
     /// `lastSent` lists the items that went out, in order.
     ///
-    /// Why a cap: a kernel without preemption (`preempt=none`, as on the VM of the README's
-    /// figures) switches threads only when a syscall returns, and one `sendmmsg` runs each
-    /// datagram's whole path, through a local veth even the receiver's; 128 datagrams there are a
-    /// millisecond or more that no other thread on that CPU gets.
+    /// Why a cap: a kernel without preemption (`preempt=none`, as on the VM of the figures in
+    /// docs/performance.md) switches threads only when a syscall returns, and one `sendmmsg`
+    /// runs each datagram's whole path, through a local veth even the receiver's; 128 datagrams
+    /// there are a millisecond or more that no other thread on that CPU gets.
     @discardableResult
     public func send(_ items: [Outgoing], buffer: [UInt8], maxPerCall: Int = 128,
                      betweenCalls: () -> Void = {}) throws(KernelError) -> Int {
