@@ -4,9 +4,10 @@
 // single install (request until the reply, which comes only after the kernel state exists), a
 // single revoke, batched admission throughput with 64 concurrent clients, expiry lateness
 // (deadline to state gone, from the agent's `expired` events; quiet, while 64 clients are being
-// admitted, and paced: one by one while one client admits and revokes), the agent's RSS (after the churn and after 2 s idle); and in the same run the same
-// install/removal done the naive way (one `nft` and one `tc` process per lease), as a ratio. It
-// also checks with real packets that nothing is steered after a lease's deadline.
+// admitted, and paced: one by one while one client admits and revokes), the agent's RSS (after
+// the churn and after 2 s idle); and in the same run the same install/removal done the naive way
+// (one `nft` and one `tc` process per lease), as a ratio. It also checks with real packets that
+// nothing is steered after a lease's deadline.
 import AIPagingClient
 import AIPagingCore
 import Foundation

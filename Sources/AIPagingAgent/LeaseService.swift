@@ -363,6 +363,9 @@ public actor LeaseService {
     /// tick at it starts the next batch), unless the last batch only ended due leases: then one
     /// goes ahead anyway.
     static let lateBudgetNs: UInt64 = 1_000_000
+    /// Requests wait for a deadline only if it is at most this far ahead: a stall that inflated
+    /// the estimates (one batch that took seconds) cannot hold requests back for longer.
+    static let maxHoldNs: UInt64 = 20_000_000
     /// Kernel time per commit and per revoke in recent batches, moving averages. They differ
     /// (at 100 000 leases a class add took 5–12 ms here, a revoke under 1 ms).
     var kernelNsPerCommit: UInt64 = 100_000
@@ -377,8 +380,8 @@ public actor LeaseService {
     /// item, except that requests beyond what the time until the next deadline allows
     /// (`lateBudgetNs`) stay queued, in order, for the next batch — all of them, if even one
     /// would run past it by more than that (when one request's kernel work takes milliseconds,
-    /// as an HTB class add at 100 000 leases). Empty if nothing else is pending: the service then
-    /// waits for the deadline's tick.
+    /// as an HTB class add at 100 000 leases) and the deadline is at most `maxHoldNs` ahead.
+    /// Empty if nothing else is pending: the service then waits for the deadline's tick.
     func takeBatch(now: ClockReading) -> [Work] {
         let t = table
         let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant })
@@ -395,8 +398,9 @@ public actor LeaseService {
         }
         // (Here `next` is ahead, or due with the last batch having ended due leases: then one
         // request goes first whatever it costs, so requests wait for one deadline at most.)
-        let budget = now.boot.nanoseconds(until: next) + Self.lateBudgetNs
-        var mustTakeOne = onlyDue, full = false
+        let slack = now.boot.nanoseconds(until: next)
+        let budget = slack + Self.lateBudgetNs
+        var mustTakeOne = onlyDue || slack > Self.maxHoldNs, full = false
         var cost: UInt64 = 0
         var batch: [Work] = [], rest: [Work] = []
         for w in pending {

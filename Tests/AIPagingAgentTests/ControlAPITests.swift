@@ -347,16 +347,40 @@ extension ControlAPITests {
         if let g, let q0, let q1 { #expect(g < q0 && g < q1) }
         #expect(g.map { events[$0]["late_us"]?.int64Value } == 0)   // gone at the deadline, not after an install
     }
+
+    @Test func aStallDoesNotHoldRequestsBackForLongerThanTheHoldLimit() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        let clock = agent.clock
+        // One install stalls for 2 s: the service's estimate of an install jumps to ~0.5 s.
+        let stall = Mutex(true)
+        _ = await agent.service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in
+                if plan.installs > 0 && stall.withLock({ let s = $0; $0 = false; return s }) { clock.advance(milliseconds: 2000) }
+            }
+        }
+        #expect(try await agent.call("PUT", "/v1/leases/S", json: lease("S")).0 == 201)
+        // H is due in 100 ms, far beyond the hold limit (20 ms): a queued commit goes ahead.
+        #expect(try await agent.call("PUT", "/v1/leases/H", json: lease("H", client: "198.18.1.3", ttlMs: 100)).0 == 201)
+        let (done, _) = try await agent.commitsQueuedOnHeldLoop(1) {} released: {
+            _ = try await offPool { usleep(200_000) }
+            let admitted = await agent.service.lease("q0")?.state == .active
+            #expect(admitted)
+            if !admitted { clock.advance(milliseconds: 100); agent.service.tick() }   // held: let the test end
+        }
+        #expect(done == [true])
+        #expect(await agent.service.lease("H")?.state == .active)
+    }
 }
 
 extension TestAgent {
     /// Holds the lease service's loop, queues `n` commits (`q0`, `q1`, ...) straight to the
     /// service meanwhile (each a job on the held loop, so all of them are pending when it runs
     /// again; revokes of `revoking` queued before them), runs `meanwhile`, lets the loop go, runs
-    /// `released` and waits for the commits and revokes. Returns whether each commit was admitted
-    /// (and each revoke done, in that order), and how many plans the in-memory kernel had applied before.
+    /// `released` and waits for the commits and revokes. Returns whether each commit, then each
+    /// revoke, succeeded, and how many plans the in-memory kernel had applied before.
     func commitsQueuedOnHeldLoop(_ n: Int, revoking: [String] = [], meanwhile: () -> Void,
-                                 released: () async throws -> Void = {}) async throws -> (committed: [Bool], plansBefore: Int) {
+                                 released: () async throws -> Void = {}) async throws -> (succeeded: [Bool], plansBefore: Int) {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let plansBefore = Mutex(0)
         let service = self.service
@@ -387,10 +411,10 @@ extension TestAgent {
         release.signal()
         _ = await blocker.value
         try await released()
-        var committed: [Bool] = []
-        for c in commits { committed.append(await c.value) }
-        for r in revokes { committed.append(await r.value) }
-        return (committed, plansBefore.withLock { $0 })
+        var succeeded: [Bool] = []
+        for c in commits { succeeded.append(await c.value) }
+        for r in revokes { succeeded.append(await r.value) }
+        return (succeeded, plansBefore.withLock { $0 })
     }
 
     /// The lifecycle events so far (`GET /v1/events?follow=false`).
