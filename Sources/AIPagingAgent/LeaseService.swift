@@ -380,8 +380,9 @@ public actor LeaseService {
     /// item, except that requests beyond what the time until the next deadline allows
     /// (`lateBudgetNs`) stay queued, in order, for the next batch — all of them, if even one
     /// would run past it by more than that (when one request's kernel work takes milliseconds,
-    /// as an HTB class add at 100 000 leases) and the deadline is at most `maxHoldNs` ahead.
-    /// Empty if nothing else is pending: the service then waits for the deadline's tick.
+    /// as an HTB class add at 100 000 leases), the deadline is at most `maxHoldNs` ahead and the
+    /// first request does not renew or relocate a lease due then. Empty if nothing else is
+    /// pending: the service then waits for the deadline's tick.
     func takeBatch(now: ClockReading) -> [Work] {
         let t = table
         let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant })
@@ -396,11 +397,22 @@ public actor LeaseService {
             lastBatchOnlyEndedDueLeases = true
             return [.tick]
         }
-        // (Here `next` is ahead, or due with the last batch having ended due leases: then one
-        // request goes first whatever it costs, so requests wait for one deadline at most.)
+        // (Here `next` is ahead, or due with the last batch having only ended due leases.) One
+        // request goes first whatever it costs after such a batch (so requests wait for one
+        // deadline at most), when the deadline is more than `maxHoldNs` ahead, or when it renews
+        // or relocates a lease due then (waiting would end the lease it was sent, in time, to
+        // keep). Otherwise requests are taken while their estimated kernel work ends within
+        // `lateBudgetNs` past the deadline: perhaps none.
         let slack = now.boot.nanoseconds(until: next)
         let budget = slack + Self.lateBudgetNs
-        var mustTakeOne = onlyDue || slack > Self.maxHoldNs, full = false
+        let firstRequest = pending.first { w in
+            switch w {
+            case .commit, .revoke: true
+            case .tick, .resync, .repair: false
+            }
+        }
+        var mustTakeOne = onlyDue || slack > Self.maxHoldNs || firstRequest.map { keepsALease(dueBy: next, $0) } == true
+        var full = false
         var cost: UInt64 = 0
         var batch: [Work] = [], rest: [Work] = []
         for w in pending {
@@ -423,6 +435,14 @@ public actor LeaseService {
         }
         pending = rest
         return batch
+    }
+
+    /// Whether `w` renews or relocates a lease that falls due by `instant`.
+    func keepsALease(dueBy instant: BootInstant, _ w: Work) -> Bool {
+        guard case .commit(let req, _) = w else { return false }
+        return [req.leaseID, req.relocates].contains { id in
+            id.flatMap { table[$0]?.nextDeadline }.map { $0 <= instant } ?? false
+        }
     }
 
     func processPending() {

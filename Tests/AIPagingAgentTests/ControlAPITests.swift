@@ -329,7 +329,7 @@ extension ControlAPITests {
         #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", ttlMs: 100)).0 == 201)
         // A revoke costs this kernel nothing, and the service learns that too.
         #expect(try await agent.call("DELETE", "/v1/leases/W4").0 == 200)
-        let (done, _) = try await agent.commitsQueuedOnHeldLoop(2, revoking: ["W3"]) {
+        let (done, _) = try await agent.commitsQueuedOnHeldLoop(2, first: [{ (try? await $0.revoke("W3")) != nil }]) {
             clock.advance(milliseconds: 87)   // G is due in 3 ms: one more install would end 7 ms late
         } released: {
             _ = try await offPool { usleep(200_000) }
@@ -346,6 +346,37 @@ extension ControlAPITests {
         #expect(g != nil && q0 != nil && q1 != nil)
         if let g, let q0, let q1 { #expect(g < q0 && g < q1) }
         #expect(g.map { events[$0]["late_us"]?.int64Value } == 0)   // gone at the deadline, not after an install
+    }
+
+    @Test func aRenewalIsNotHeldPastTheDeadlineOfTheLeaseItRenews() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        let clock = agent.clock
+        // A class add takes 50 ms (an estimate of ~38 ms per commit after five); a renewal, which
+        // adds none, takes no time.
+        _ = await agent.service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 50 * UInt64(plan.leafAdds)) }
+        }
+        for i in 0..<5 {
+            #expect(try await agent.call("PUT", "/v1/leases/W\(i)", json: lease("W\(i)", client: "198.18.1.\(10 + i)")).0 == 201)
+        }
+        #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", ttlMs: 200)).0 == 201)
+        // G's renewal is queued first, 18 ms before G is due (its elements' kernel timeouts,
+        // shortened by the margin that slow transactions widen, still run): it goes ahead, where
+        // a commit that does not renew G would wait for G's deadline.
+        var renewal = try #require(await agent.service.lease("G")).request
+        renewal.lifetime = .ttl(milliseconds: 60_000)
+        let (done, _) = try await agent.commitsQueuedOnHeldLoop(1, first: [{ [renewal] in (try? await $0.commit(renewal)) != nil }]) {
+            clock.advance(milliseconds: 132)
+        } released: {
+            _ = try await offPool { usleep(200_000) }
+            let admittedRenewal = try await agent.events().index("renewed", "G") != nil
+            #expect(admittedRenewal)
+            if !admittedRenewal { clock.advance(milliseconds: 18); agent.service.tick() }   // held: let the test end
+        }
+        #expect(done == [true, true])
+        #expect(try await agent.events().index("expired", "G") == nil)
+        #expect(await agent.service.lease("G")?.state == .active)
     }
 
     @Test func aStallDoesNotHoldRequestsBackForLongerThanTheHoldLimit() async throws {
@@ -376,10 +407,10 @@ extension ControlAPITests {
 extension TestAgent {
     /// Holds the lease service's loop, queues `n` commits (`q0`, `q1`, ...) straight to the
     /// service meanwhile (each a job on the held loop, so all of them are pending when it runs
-    /// again; revokes of `revoking` queued before them), runs `meanwhile`, lets the loop go, runs
-    /// `released` and waits for the commits and revokes. Returns whether each commit, then each
-    /// revoke, succeeded, and how many plans the in-memory kernel had applied before.
-    func commitsQueuedOnHeldLoop(_ n: Int, revoking: [String] = [], meanwhile: () -> Void,
+    /// again; the requests of `first` queued before them, in order), runs `meanwhile`, lets the
+    /// loop go, runs `released` and waits for all of them. Returns whether each commit, then each
+    /// of `first`, succeeded, and how many plans the in-memory kernel had applied before.
+    func commitsQueuedOnHeldLoop(_ n: Int, first: [@Sendable (LeaseService) async -> Bool] = [], meanwhile: () -> Void,
                                  released: () async throws -> Void = {}) async throws -> (succeeded: [Bool], plansBefore: Int) {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let plansBefore = Mutex(0)
@@ -392,9 +423,9 @@ extension TestAgent {
             }
         }
         try await offPool { entered.wait() }
-        var revokes: [Task<Bool, Never>] = []
-        for id in revoking {
-            revokes.append(Task { (try? await service.revoke(id)) != nil })
+        var firsts: [Task<Bool, Never>] = []
+        for request in first {
+            firsts.append(Task { await request(service) })
             _ = try await offPool { usleep(20_000) }   // queued in this order
         }
         let commits = (0..<n).map { i in
@@ -413,7 +444,7 @@ extension TestAgent {
         try await released()
         var succeeded: [Bool] = []
         for c in commits { succeeded.append(await c.value) }
-        for r in revokes { succeeded.append(await r.value) }
+        for r in firsts { succeeded.append(await r.value) }
         return (succeeded, plansBefore.withLock { $0 })
     }
 
@@ -433,6 +464,8 @@ extension [JSON] {
 extension PointPlan {
     /// Leases whose steering the plan installs.
     var installs: Int { nft.filter { if case .addSteer = $0 { return true } else { return false } }.count }
+    /// HTB leaf classes the plan adds (a renewal adds none).
+    var leafAdds: Int { tcBefore.filter { if case .addLeaf = $0 { return true } else { return false } }.count }
 }
 
 func runProcessOffPool(_ args: [String]) async throws -> String {
