@@ -247,6 +247,39 @@ import Testing
         #expect(Int64(ws.count) < lifeMs / 500, "\(ws.count) records for \(lifeMs) ms")
     }
 
+    @Test func aLeaseThatEndsWhileTheExporterIsStalledStillGetsItsFinalRecord() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let agent = try await LiveAgent(lab: lab, configure: { c in
+            c.evidence.windowMs = 500
+            c.evidence.probeIntervalMs = 0
+            c.evidence.probeTimeoutMs = 200
+        })
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/E", json: labLease("E", ttlMs: 20_000)).0 == 201)
+        try await Task.sleep(for: .milliseconds(700))
+        // 150 ms before a window boundary, the exporter stalls for 600 ms and E is revoked: E ends
+        // in that window, and the exporter learns of it only after the window's boundary and
+        // probe timeout have passed (as a starved thread on a busy node can).
+        let toBoundary = 500 - Int((Date().timeIntervalSince1970 * 1000).rounded(.down)) % 500
+        try await Task.sleep(for: .milliseconds(toBoundary < 250 ? toBoundary + 350 : toBoundary - 150))
+        let exporter = try #require(agent.runtime.evidence.exporter)
+        exporter.stallForTesting(milliseconds: 600)
+        #expect(try await agent.call("DELETE", "/v1/leases/E").0 == 200)
+        var ws: [JSON] = []
+        for _ in 0..<30 {
+            try await Task.sleep(for: .milliseconds(100))
+            ws = try await records(agent, "").filter { $0["kind"]?.stringValue == "window" && $0["lease_id"]?.stringValue == "E" }
+            if ws.last?["event"]?.stringValue == "final" { break }
+        }
+        #expect(ws.last?["event"]?.stringValue == "final" && ws.last?["end_reason"]?.stringValue == "revoked",
+                "last window record of E: \(ws.last?.serialized() ?? "none")")
+        #expect(ws.dropLast().allSatisfy { $0["event"] == nil })
+        let starts = ws.compactMap { $0["window"]?["start"]?.stringValue.flatMap(WallTime.init(rfc3339:)) }
+        let ends = ws.compactMap { $0["window"]?["end"]?.stringValue.flatMap(WallTime.init(rfc3339:)) }
+        for i in 1..<max(1, min(starts.count, ends.count)) { #expect(starts[i] == ends[i - 1], "window \(i) does not follow on") }
+    }
+
     @Test func recordsForEveryWindowAndEventAndTamperingIsFound() async throws {
         let lab = try ScriptLab()
         defer { lab.destroy() }

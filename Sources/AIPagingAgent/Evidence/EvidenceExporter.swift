@@ -861,10 +861,15 @@ final class ExporterLoop {
             passes.due(w, snapshot: sessionsInOrder)
         }
         if owner.log.backlog < 4 * finalizeChunk {
+            // Ends that came in meanwhile first (a starved thread can get here long after this
+            // loop turn began): a session must not have the window it ended in written as an
+            // ordinary one, which would leave it without a final record.
+            _ = drainInbox()
             while records.count < finalizeChunk, let (s, w) = passes.next(snapshot: sessionsInOrder) {
                 yielder.check()
                 guard !s.removed, w > s.emittedThrough else { continue }
-                if let end = s.endNs, w > end / windowNs { continue }
+                // An ending session's last windows are its final records (`finalRecords`).
+                if s.endNs != nil { continue }
                 records.append(windowRecord(s, windows: s.emittedThrough + 1...w, final: false))
                 s.emittedThrough = w
             }
