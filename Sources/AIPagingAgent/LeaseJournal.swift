@@ -256,6 +256,8 @@ public final class LeaseJournal {
 
     /// A compaction whose snapshot is being written on a thread of its own (`beginCompaction`).
     var compaction: Compaction?
+    /// A compaction's snapshot is written: `finishCompaction` would switch now.
+    public var compactionReady: Bool { compaction?.result.withLock { $0 != nil } ?? false }
 
     final class Compaction: Sendable {
         /// The journal's size when the snapshot was taken: what was appended after it is copied

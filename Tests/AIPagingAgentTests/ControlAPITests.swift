@@ -1,4 +1,4 @@
-import AIPagingAgent
+@testable import AIPagingAgent
 import AIPagingClient
 import AIPagingCore
 import AIPagingTestSupport
@@ -377,6 +377,30 @@ extension ControlAPITests {
         #expect(done == [true, true])
         #expect(try await agent.events().index("expired", "G") == nil)
         #expect(await agent.service.lease("G")?.state == .active)
+    }
+
+    @Test func theJournalCompactionSwitchWaitsForAGapBetweenDeadlines() async throws {
+        let agent = try await TestAgent(journal: true)
+        defer { Task { await agent.stop() } }
+        let service = agent.service
+        #expect(try await agent.call("PUT", "/v1/leases/L", json: lease("L")).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/D", json: lease("D", client: "198.18.1.3", ttlMs: 30)).0 == 201)
+        await service.beginJournalCompaction()
+        for _ in 0..<200 where !(await service.journalCompactionReady) { _ = try await offPool { usleep(10_000) } }
+        #expect(await service.journalCompactionReady)
+        // A batch with D due in 30 ms: the switch waits.
+        #expect(try await agent.call("PUT", "/v1/leases/E", json: lease("E", client: "198.18.1.4")).0 == 201)
+        #expect(await service.stats.journalCompaction.count == 0)
+        // D ends; after that batch no deadline is near, and the switch runs.
+        agent.clock.advance(milliseconds: 30)
+        await service.processTick()
+        #expect(await service.lease("D") == nil)
+        #expect(await service.stats.journalCompaction.count == 1)
+        #expect(await service.journalCompactionReady == false)
+        // The compacted journal holds what the switch waited through (E) and D's end.
+        let records = try LeaseJournal(stateDir: agent.dir).load(clock: agent.clock.now()).records
+        let live = Set(records.compactMap { if case .lease(let l) = $0 { l.id } else { nil } })
+        #expect(live.isSuperset(of: ["L", "E"]))
     }
 
     @Test func aStallDoesNotHoldRequestsBackForLongerThanTheHoldLimit() async throws {

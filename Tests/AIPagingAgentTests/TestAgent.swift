@@ -17,7 +17,8 @@ final class TestAgent: Sendable {
     var service: LeaseService { runtime.service }
     var client: UnixHTTPClient { UnixHTTPClient(path: socketPath) }
 
-    init(policy: Policy = .lab, capacityKbit: UInt64 = 1_000_000, socketMode: mode_t = 0o600,
+    /// `journal`: keep a lease journal in the state directory (otherwise none).
+    init(policy: Policy = .lab, capacityKbit: UInt64 = 1_000_000, socketMode: mode_t = 0o600, journal: Bool = false,
          configure: (inout AgentConfig) -> Void = { _ in }) async throws {
         dir = try AgentTempDirs.make("aipaging-test-")
         socketPath = dir + "/agent.sock"
@@ -32,7 +33,8 @@ final class TestAgent: Sendable {
         let backend = InMemoryBackend(location: "memory") { clock.now().boot }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        runtime = AgentRuntime(config: cfg, policy: policy, points: [point], backends: ["ep": backend], clock: clock, logger: logger)
+        runtime = AgentRuntime(config: cfg, policy: policy, points: [point], backends: ["ep": backend], clock: clock, logger: logger,
+                               journal: journal ? try LeaseJournal(stateDir: dir) : nil)
         let socket = try ListeningSocket.bind(path: socketPath, mode: socketMode)
         let (ready, readyCont) = AsyncStream<Void>.makeStream()
         let rt = runtime
