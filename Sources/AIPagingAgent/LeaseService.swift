@@ -359,9 +359,8 @@ public actor LeaseService {
     /// How far past the next deadline a batch's kernel work may run (an expiry waits for the batch
     /// in progress): when a deadline is near, requests are taken into a batch only as many as
     /// end, at the kernel time recent requests took (`kernelNsPerCommit`, `kernelNsPerRevoke`),
-    /// by this much after it. If not even one would, requests wait for the deadline (the timer's
-    /// tick at it starts the next batch), unless the last batch only ended due leases: then one
-    /// goes ahead anyway.
+    /// by this much after it. If not even one would, requests may wait for the deadline (the
+    /// timer's tick at it starts the next batch; when one goes ahead anyway: `takeBatch`).
     static let lateBudgetNs: UInt64 = 1_000_000
     /// Requests wait for a deadline only if it is at most this far ahead: a stall that inflated
     /// the estimates (one batch that took seconds) cannot hold requests back for longer.
