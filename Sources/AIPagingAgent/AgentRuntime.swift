@@ -250,7 +250,7 @@ extension LeaseService {
         for p in points.values { p.backend.maintenance() }
         var work = false
         let now = clock.now().boot
-        let next = deadlines.peek(isCurrent: { [table] instant, id in table[id]?.nextDeadline == instant })
+        let next = earliestDeadline()
         if let next, next <= now {
             pending.append(.tick)
             work = true

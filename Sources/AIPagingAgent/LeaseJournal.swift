@@ -137,17 +137,11 @@ public final class LeaseJournal {
     /// `beginSync()` and `endSync()`, makes them durable. A failed write leaves no partial line.
     public func write(_ records: [JournalRecord], clock: ClockReading) throws(JournalError) {
         let bytes = LeaseJournal.encode(records, bootID: bootID, clock: clock)
-        var written = 0
-        while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = errno
-                // Leave no partial line behind: the next load would stop there.
-                _ = ftruncate(fd, off_t(sizeBytes))
-                throw JournalError(description: "writing \(path): \(String(cString: strerror(e)))")
-            }
-            written += n
+        let e = LeaseJournal.writeAll(fd, bytes)
+        if e != 0 {
+            // Leave no partial line behind: the next load would stop there.
+            _ = ftruncate(fd, off_t(sizeBytes))
+            throw JournalError(description: "writing \(path): \(String(cString: strerror(e)))")
         }
         sizeBytes += bytes.count
     }
@@ -332,13 +326,7 @@ public final class LeaseJournal {
             guard n > 0 else { throw fail("reading the journal's tail for") }
             got += n
         }
-        var put = 0
-        while put < tail.count {
-            let n = tail[put...].withUnsafeBytes { Glibc.write(t, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw fail("writing the journal's tail to") }
-            put += n
-        }
+        guard LeaseJournal.writeAll(t, tail) == 0 else { throw fail("writing the journal's tail to") }
         guard tail.isEmpty || fdatasync(t) == 0 else { throw fail("fdatasync") }
         close(t)
         try replace(with: tmp, syncDirectory: false)
@@ -356,21 +344,29 @@ public final class LeaseJournal {
         if dir >= 0 { _ = fsync(dir); close(dir) }
     }
 
+    /// Writes all of `bytes` to `fd` (retrying partial and interrupted writes); 0, or the errno
+    /// of the write that failed (EIO if one wrote nothing).
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Int32 {
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return errno }
+            if n == 0 { return EIO }
+            written += n
+        }
+        return 0
+    }
+
     /// Writes `bytes` to a new file `path` and fsyncs it; returns it open for appending.
     static func writeSynced(_ path: String, _ bytes: [UInt8]) throws(JournalError) -> Int32 {
         let t = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard t >= 0 else { throw JournalError(description: "creating \(path): \(String(cString: strerror(errno)))") }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { Glibc.write(t, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = JournalError(description: "writing \(path): \(String(cString: strerror(errno)))")
-                close(t)
-                unlink(path)
-                throw e
-            }
-            written += n
+        let e = writeAll(t, bytes)
+        guard e == 0 else {
+            close(t)
+            unlink(path)
+            throw JournalError(description: "writing \(path): \(String(cString: strerror(e)))")
         }
         guard fsync(t) == 0 else {
             let e = JournalError(description: "fsync \(path): \(String(cString: strerror(errno)))")

@@ -115,8 +115,6 @@ public actor LeaseService {
         /// malloc trims after bursts, and how long the last one took (ns).
         public var memoryTrims = 0
         public var lastTrimNs: UInt64 = 0
-        /// Kernel time of the last batch that had requests (ns).
-        public var lastApplyNs: UInt64 = 0
         public var installLatencies = LatencyHistogram()
         public var expiryLateness = LatencyHistogram()
         /// The journal's fdatasync per batch, and how long the lease thread then still waited
@@ -386,8 +384,7 @@ public actor LeaseService {
     /// first request does not renew or relocate a lease due then. Empty if nothing else is
     /// pending: the service then waits for the deadline's tick.
     func takeBatch(now: ClockReading) -> [Work] {
-        let t = table
-        let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant })
+        let next = earliestDeadline()
         let onlyDue = lastBatchOnlyEndedDueLeases
         lastBatchOnlyEndedDueLeases = false
         guard let next else {
@@ -547,10 +544,9 @@ public actor LeaseService {
         }
         let applyDone = clock.now()
         if !(commits.isEmpty && revokes.isEmpty) && failedPoints.isEmpty {
-            stats.lastApplyNs = applyStart.nanoseconds(until: applyDone.boot)
             // Each estimate moves by what the batch took against what they predicted for it.
             let predicted = Double(commits.count) * Double(kernelNsPerCommit) + Double(revokes.count) * Double(kernelNsPerRevoke)
-            let ratio = Double(stats.lastApplyNs) / max(predicted, 1)
+            let ratio = Double(applyStart.nanoseconds(until: applyDone.boot)) / max(predicted, 1)
             func moved(_ k: UInt64) -> UInt64 { UInt64(min((3 * Double(k) + Double(k) * ratio) / 4, 1e10).rounded()) }
             if !commits.isEmpty { kernelNsPerCommit = max(moved(kernelNsPerCommit), 1) }
             if !revokes.isEmpty { kernelNsPerRevoke = max(moved(kernelNsPerRevoke), 1) }
@@ -778,10 +774,14 @@ public actor LeaseService {
         return ids.compactMap { table[$0] }
     }
 
-    func rearm() {
+    /// The earliest deadline (expiry or drain end) of a live lease; stale entries are dropped.
+    func earliestDeadline() -> BootInstant? {
         let t = table
-        let next = deadlines.peek { instant, id in t[id]?.nextDeadline == instant }
-        onDeadlineChange?(next)
+        return deadlines.peek { instant, id in t[id]?.nextDeadline == instant }
+    }
+
+    func rearm() {
+        onDeadlineChange?(earliestDeadline())
     }
 
     /// Applies the plan of `scope` at `point`; nil on success.
@@ -1031,8 +1031,7 @@ extension LeaseService {
     func compactionSwitchMayRun(at now: BootInstant) -> Bool {
         let since = compactionReadySince ?? now
         compactionReadySince = since
-        let t = table
-        guard let next = deadlines.peek(isCurrent: { instant, id in t[id]?.nextDeadline == instant }) else { return true }
+        guard let next = earliestDeadline() else { return true }
         return now.nanoseconds(until: next) > Self.compactionSwitchClearanceNs
             || since.nanoseconds(until: now) >= Self.compactionSwitchMaxWaitNs
     }

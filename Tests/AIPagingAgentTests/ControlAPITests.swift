@@ -261,9 +261,7 @@ import Testing
         defer { Task { await agent.stop() } }
         let clock = agent.clock
         // A slow kernel: every change takes 10 ms (the manual clock advances).
-        _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in if !plan.nft.isEmpty { clock.advance(milliseconds: 10) } }
-        }
+        await agent.slowKernel { plan in plan.nft.isEmpty ? 0 : 10 }
         // A is due 1 000 ms from now, B 1 015 ms (each install takes 10 ms).
         #expect(try await agent.call("PUT", "/v1/leases/A", json: lease("A", ttlMs: 1000)).0 == 201)
         #expect(try await agent.call("PUT", "/v1/leases/B", json: lease("B", client: "198.18.1.3", ttlMs: 1005)).0 == 201)
@@ -284,9 +282,7 @@ import Testing
         defer { Task { await agent.stop() } }
         let clock = agent.clock
         // A slow kernel: each lease it installs takes 10 ms (the manual clock advances).
-        _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 10 * UInt64(plan.installs)) }
-        }
+        await agent.slowKernel { plan in 10 * UInt64(plan.installs) }
         // E's deadline is 1 000 ms from now, F's 1 050 ms (each install takes 10 ms).
         #expect(try await agent.call("PUT", "/v1/leases/E", json: lease("E", ttlMs: 1000)).0 == 201)
         #expect(try await agent.call("PUT", "/v1/leases/F", json: lease("F", client: "198.18.1.3", ttlMs: 1040)).0 == 201)
@@ -318,13 +314,9 @@ extension ControlAPITests {
         let clock = agent.clock
         // A slow kernel: each lease it installs takes 10 ms (the manual clock advances), as an
         // HTB class add at 100 000 leases can.
-        _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 10 * UInt64(plan.installs)) }
-        }
+        await agent.slowKernel { plan in 10 * UInt64(plan.installs) }
         // Five leases teach the service what an install takes (its moving average: 7.6 ms).
-        for i in 0..<5 {
-            #expect(try await agent.call("PUT", "/v1/leases/W\(i)", json: lease("W\(i)", client: "198.18.1.\(10 + i)")).0 == 201)
-        }
+        try await agent.admitW(5)
         // G is due 100 ms after its admission, 90 ms after its install.
         #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", ttlMs: 100)).0 == 201)
         // A revoke costs this kernel nothing, and the service learns that too.
@@ -354,12 +346,8 @@ extension ControlAPITests {
         let clock = agent.clock
         // A class add takes 50 ms (an estimate of ~38 ms per commit after five); a renewal, which
         // adds none, takes no time.
-        _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: 50 * UInt64(plan.leafAdds)) }
-        }
-        for i in 0..<5 {
-            #expect(try await agent.call("PUT", "/v1/leases/W\(i)", json: lease("W\(i)", client: "198.18.1.\(10 + i)")).0 == 201)
-        }
+        await agent.slowKernel { plan in 50 * UInt64(plan.leafAdds) }
+        try await agent.admitW(5)
         #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", ttlMs: 200)).0 == 201)
         // G's renewal is queued first, 18 ms before G is due (its elements' kernel timeouts,
         // shortened by the margin that slow transactions widen, still run): it goes ahead, where
@@ -409,11 +397,7 @@ extension ControlAPITests {
         let clock = agent.clock
         // One install stalls for 2 s: the service's estimate of an install jumps to ~0.5 s.
         let stall = Mutex(true)
-        _ = await agent.service.withBackend("ep") { backend in
-            (backend as! InMemoryBackend).onApply = { plan in
-                if plan.installs > 0 && stall.withLock({ let s = $0; $0 = false; return s }) { clock.advance(milliseconds: 2000) }
-            }
-        }
+        await agent.slowKernel { plan in plan.installs > 0 && stall.withLock({ let s = $0; $0 = false; return s }) ? 2000 : 0 }
         #expect(try await agent.call("PUT", "/v1/leases/S", json: lease("S")).0 == 201)
         // H is due in 100 ms, far beyond the hold limit (20 ms): a queued commit goes ahead.
         #expect(try await agent.call("PUT", "/v1/leases/H", json: lease("H", client: "198.18.1.3", ttlMs: 100)).0 == 201)
@@ -429,6 +413,21 @@ extension ControlAPITests {
 }
 
 extension TestAgent {
+    /// Makes the in-memory kernel slow: each apply advances the manual clock by `ms(plan)`.
+    func slowKernel(_ ms: @escaping @Sendable (PointPlan) -> UInt64) async {
+        let clock = self.clock
+        _ = await service.withBackend("ep") { backend in
+            (backend as! InMemoryBackend).onApply = { plan in clock.advance(milliseconds: ms(plan)) }
+        }
+    }
+
+    /// Admits leases `W0` ... (clients 198.18.1.10 ...), as the service's first requests.
+    func admitW(_ n: Int) async throws {
+        for i in 0..<n {
+            #expect(try await call("PUT", "/v1/leases/W\(i)", json: lease("W\(i)", client: "198.18.1.\(10 + i)")).0 == 201)
+        }
+    }
+
     /// Holds the lease service's loop, queues `n` commits (`q0`, `q1`, ...) straight to the
     /// service meanwhile (each a job on the held loop, so all of them are pending when it runs
     /// again; the requests of `first` queued before them, in order), runs `meanwhile`, lets the
