@@ -247,6 +247,32 @@ import Testing
         #expect(Int64(ws.count) < lifeMs / 500, "\(ws.count) records for \(lifeMs) ms")
     }
 
+    /// While leases are probed the measurement thread ticks every 5 ms and finds lease changes
+    /// by itself: admissions then wake no thread (a wake costs the lease service's thread ~15–30
+    /// µs on this VM, per admission), and each new lease is still measured.
+    @Test func admissionsWhileLeasesAreProbedWakeNoThreadAndAreMeasured() async throws {
+        let lab = try ScriptLab()
+        defer { lab.destroy() }
+        let agent = try await LiveAgent(lab: lab)   // probes every 100 ms: a 5 ms tick
+        defer { Task { await agent.stop() } }
+        let exporter = try #require(agent.runtime.evidence.exporter)
+        func sessions() async throws -> Int64 {
+            try await agent.call("GET", "/v1/status").1["evidence"]?["measurement"]?["sessions"]?.int64Value ?? -1
+        }
+        func waitSessions(_ n: Int64) async throws {
+            for _ in 0..<500 where try await sessions() != n { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(try await sessions() == n)
+        }
+        #expect(try await agent.call("PUT", "/v1/leases/A", json: labLease("A", ttlMs: 20_000)).0 == 201)
+        try await waitSessions(1)
+        let wakes = exporter.inboxWakes
+        #expect(try await agent.call("PUT", "/v1/leases/B", json: labLease("B", client: 2, ttlMs: 20_000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/C", json: labLease("C", v6: true, ttlMs: 20_000)).0 == 201)
+        #expect(try await agent.call("PUT", "/v1/leases/D", json: labLease("D", proto: "tcp", ttlMs: 20_000)).0 == 201)
+        try await waitSessions(4)
+        #expect(exporter.inboxWakes == wakes)
+    }
+
     @Test func aLeaseThatEndsWhileTheExporterIsStalledStillGetsItsFinalRecord() async throws {
         let lab = try ScriptLab()
         defer { lab.destroy() }

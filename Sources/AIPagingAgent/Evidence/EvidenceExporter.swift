@@ -38,7 +38,20 @@ public final class EvidenceExporter: Sendable {
     struct Inbox: Sendable {
         var commands: [Command] = []
         var stopping = false
+        /// When the measurement thread looks at the inbox next by itself (monotonic ns; 0: it is
+        /// awake). A change that can wait until then (`wakeSlackNs` at most) wakes nobody.
+        var nextLookNs: UInt64 = 0
+        /// Times a change woke the thread.
+        var wakes: UInt64 = 0
     }
+
+    /// How long a lease change may wait for the measurement thread's own next wake-up before it
+    /// wakes the thread: while leases are probed the thread ticks every 5 ms (at the default
+    /// probe interval), so a stream of admissions costs the lease service no thread wake each.
+    static let wakeSlackNs: UInt64 = 10_000_000
+
+    /// Times a lease change woke the measurement thread (tests).
+    public var inboxWakes: UInt64 { inbox.withLock { $0.wakes } }
 
     /// Live figures for /v1/status and /metrics.
     public struct Stats: Sendable {
@@ -104,11 +117,14 @@ public final class EvidenceExporter: Sendable {
         case .drained, .expired, .revoked: cmd = .end(lease, e.kind, lease.endedAt?.wall ?? e.wall)
         case .repaired: return
         }
+        let now = DispatchTime.now().uptimeNanoseconds
         let signal = inbox.withLock { i -> Bool in
             guard !i.stopping else { return false }
-            let wasEmpty = i.commands.isEmpty
             i.commands.append(cmd)
-            return wasEmpty
+            guard i.nextLookNs > now + Self.wakeSlackNs else { return false }
+            i.nextLookNs = 0
+            i.wakes += 1
+            return true
         }
         if signal { _ = aip_eventfd_signal(wakeFD) }
     }
@@ -470,7 +486,15 @@ final class ExporterLoop {
             if passes.active { next = min(next, realtimeNanoseconds() + 1_000_000) }
             for s in ending { if let f = s.finalizeAtNs { next = min(next, f) } }
             if !sessions.isEmpty && settings.probeIntervalMs > 0 { next = min(next, (lastTick + 1) * tickNs) }
-            let waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
+            var waitMs = Int32(clamping: max(0, min(1000, (next - realtimeNanoseconds() + 999_999) / 1_000_000)))
+            // Changes queued from here on wake the thread only if it would not look by itself
+            // within the slack; those queued meanwhile are taken at once.
+            let lookAt = DispatchTime.now().uptimeNanoseconds + UInt64(waitMs) * 1_000_000
+            let queued = owner.inbox.withLock { i -> Bool in
+                i.nextLookNs = lookAt
+                return !i.commands.isEmpty || i.stopping
+            }
+            if queued { waitMs = 0 }
             pfds[0].revents = 0
             if poll(&pfds, 1, waitMs) > 0 { aip_eventfd_drain(owner.wakeFD) }
         }
@@ -485,6 +509,7 @@ final class ExporterLoop {
         let (cmds, stopping) = owner.inbox.withLock { i -> ([EvidenceExporter.Command], Bool) in
             let c = i.commands
             i.commands = []
+            i.nextLookNs = 0   // awake
             return (c, i.stopping)
         }
         guard !cmds.isEmpty else { return stopping }

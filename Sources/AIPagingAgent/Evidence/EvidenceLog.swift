@@ -78,8 +78,14 @@ public struct EvidenceKey: Sendable {
 /// written by one writer thread, in segments `segment-NNNNNNNN.ndjson` of up to
 /// `segmentBytes`, one record per line.
 ///
+/// **Write-behind.** The first record after a pause wakes the writer and is written at once; while
+/// records keep coming, the writer looks again `writeBehindNs` (5 ms) after each write instead of
+/// being woken for each record, so a stream of admissions costs the lease service no thread wake
+/// per event and the writer one signature per 5 ms, not per record. A query (`flush()`) wakes the
+/// writer, so it always sees every record queued before it.
+///
 /// **fsync policy: group commit.** Every batch of records queued since the last write goes out in
-/// one `write(2)` as soon as the writer wakes (so queries see it at once); `fdatasync(2)` runs at
+/// one `write(2)`; `fdatasync(2)` runs at
 /// most every `syncInterval` (default 1 s) and on stop, after which `HEAD` — a signed checkpoint of
 /// the last durable record — is replaced. Window records come in bursts at window boundaries and
 /// event records at admission rate, so one sync per interval keeps the disk cost constant
@@ -109,6 +115,11 @@ public final class EvidenceLog: Sendable {
         var waiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
         var stopping = false
         var stopped = false
+        /// The writer waits for a signal (or the next due sync), not for the end of a
+        /// write-behind nap: the next record must wake it.
+        var writerParked = false
+        /// Times a producer (or a flush) woke the writer.
+        var wakes: UInt64 = 0
         var headSeq: UInt64 = 0
         var headHash: [UInt8] = EvidenceChain.genesisHash
         var durableSeq: UInt64 = 0
@@ -118,19 +129,30 @@ public final class EvidenceLog: Sendable {
         var syncs: UInt64 = 0
         var writeErrors: UInt64 = 0
         var lastError: String?
+
+        /// True (once) when the writer is parked: whoever queued must wake it.
+        mutating func unpark() -> Bool {
+            guard writerParked else { return false }
+            writerParked = false
+            wakes += 1
+            return true
+        }
     }
 
     let shared: Mutex<Shared>
     let wake = DispatchSemaphore(value: 0)
+    /// How long after a write the writer looks at the queue again without being woken.
+    let writeBehindNs: UInt64
     let finished = DispatchSemaphore(value: 0)
     /// Bytes cut off the end at start (a torn last line), reported in the start record.
     public let recoveredTornBytes: Int
 
     /// Opens (or creates) the log in `stateDir/evidence`, recovers its head and starts the writer.
     public init(stateDir: String, key: EvidenceKey, syncIntervalMs: Int = 1000, segmentBytes: Int = 64 << 20,
-                logger: Logger) throws(EvidenceError) {
+                writeBehindMs: Int = 5, logger: Logger) throws(EvidenceError) {
         directory = stateDir + "/evidence"
         self.key = key
+        writeBehindNs = UInt64(max(0, writeBehindMs)) * 1_000_000
         syncIntervalNs = UInt64(max(0, syncIntervalMs)) * 1_000_000
         self.segmentBytes = max(4096, segmentBytes)
         self.logger = logger
@@ -164,10 +186,9 @@ public final class EvidenceLog: Sendable {
         guard !rs.isEmpty else { return }
         let signal = shared.withLock { s -> Bool in
             guard !s.stopping else { return false }
-            let wasEmpty = s.queue.isEmpty
             s.queue += rs
             s.enqueued += UInt64(rs.count)
-            return wasEmpty
+            return s.unpark()
         }
         if signal { wake.signal() }
     }
@@ -175,11 +196,14 @@ public final class EvidenceLog: Sendable {
     /// Returns once every record queued before the call is written (not necessarily synced).
     public func flush() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let resumeNow = shared.withLock { s -> Bool in
-                if s.written >= s.enqueued || s.stopped { return true }
+            let (resumeNow, signal) = shared.withLock { s -> (Bool, Bool) in
+                if s.written >= s.enqueued || s.stopped { return (true, false) }
                 s.waiters.append((s.enqueued, c))
-                return false
+                s.writerParked = false
+                s.wakes += 1
+                return (false, true)   // (a napping writer too: the caller waits for it)
             }
+            if signal { wake.signal() }
             if resumeNow { c.resume() }
         }
     }
@@ -207,13 +231,15 @@ public final class EvidenceLog: Sendable {
         public var lastError: String?
         public var segments: Int
         public var queued: Int
+        /// Times a producer or a query woke the writer (the rest it found by itself, after a write).
+        public var wakes: UInt64
     }
 
     public var status: Status {
         shared.withLock { s in
             Status(headSeq: s.headSeq, headHash: s.headHash, durableSeq: s.durableSeq, recordsWritten: s.recordsWritten,
                    bytesWritten: s.bytesWritten, syncs: s.syncs, writeErrors: s.writeErrors, lastError: s.lastError,
-                   segments: s.segments.count, queued: s.queue.count)
+                   segments: s.segments.count, queued: s.queue.count, wakes: s.wakes)
         }
     }
 
@@ -409,24 +435,33 @@ public final class EvidenceLog: Sendable {
         _ = openSegment(new: shared.withLock { $0.segments.isEmpty })
         var yielder = CooperativeYield()
 
+        // After a write the writer naps: it looks at the queue again at `napUntil` without being
+        // woken (producers do not signal a napping writer); a nap that finds nothing parks it.
+        var napUntil: UInt64?
         while true {
-            // Wait for records, or for the next due sync.
-            if dirty {
-                let now = DispatchTime.now().uptimeNanoseconds
-                let due = lastSync + syncIntervalNs
-                if now >= due {
-                    sync()
-                } else {
-                    _ = wake.wait(timeout: .now() + .nanoseconds(Int(due - now)))
-                }
-            } else {
-                wake.wait()
+            // Wait for records, the end of a nap, or the next due sync.
+            var now = DispatchTime.now().uptimeNanoseconds
+            if dirty && now >= lastSync + syncIntervalNs {
+                sync()
+                now = DispatchTime.now().uptimeNanoseconds
+            }
+            var until = dirty ? lastSync + syncIntervalNs : UInt64.max
+            if let n = napUntil { until = min(until, n) }
+            let waitNow = shared.withLock { s -> Bool in
+                guard s.queue.isEmpty && !s.stopping else { return false }
+                s.writerParked = napUntil == nil
+                return true
+            }
+            if waitNow && until > now {
+                if until == .max { wake.wait() } else { _ = wake.wait(timeout: .now() + .nanoseconds(Int(until - now))) }
             }
             let (batch, stopping) = shared.withLock { s -> ([EVIRecord], Bool) in
                 let b = s.queue
                 s.queue = []
+                s.writerParked = false
                 return (b, s.stopping)
             }
+            napUntil = batch.isEmpty ? nil : DispatchTime.now().uptimeNanoseconds + writeBehindNs
             for (k, r) in batch.enumerated() {
                 if k > 0 && k % 1024 == 0 { writePending() }
                 yielder.check()
