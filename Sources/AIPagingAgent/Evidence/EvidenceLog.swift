@@ -233,13 +233,16 @@ public final class EvidenceLog: Sendable {
         public var queued: Int
         /// Times a producer or a query woke the writer (the rest it found by itself, after a write).
         public var wakes: UInt64
+        /// The writer waits to be woken (it napped after its last write and found nothing).
+        public var writerParked: Bool
     }
 
     public var status: Status {
         shared.withLock { s in
             Status(headSeq: s.headSeq, headHash: s.headHash, durableSeq: s.durableSeq, recordsWritten: s.recordsWritten,
                    bytesWritten: s.bytesWritten, syncs: s.syncs, writeErrors: s.writeErrors, lastError: s.lastError,
-                   segments: s.segments.count, queued: s.queue.count, wakes: s.wakes)
+                   segments: s.segments.count, queued: s.queue.count, wakes: s.wakes,
+                   writerParked: s.writerParked)
         }
     }
 
