@@ -308,6 +308,38 @@ import Testing
 }
 
 extension ControlAPITests {
+    /// The loop that runs the batches also reads the requests, and under load reads many after
+    /// each batch before it runs the timer's tick: a deadline that passes meanwhile is met when
+    /// the next request arrives, with requests already queued, not after the reads.
+    @Test func aDeadlineThatPassesWhileRequestsAreReadIsMetAtTheNextRequest() async throws {
+        let agent = try await TestAgent()
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/X", json: lease("X", ttlMs: 1000)).0 == 201)
+        let service = agent.service
+        // The loop is held while two requests and then a look at X queue up on it, in this
+        // order, and X falls due (no timer tick: the manual clock only moves).
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let blocker = Task { await service.withBackend("ep") { _ in entered.signal(); release.wait() } }
+        try await offPool { entered.wait() }
+        let q0 = Task { (try? await service.commit(TestAgent.queued(0))) != nil }
+        _ = try await offPool { usleep(20_000) }
+        let q1 = Task { (try? await service.commit(TestAgent.queued(1))) != nil }
+        _ = try await offPool { usleep(20_000) }
+        let look = Task { await service.lease("X")?.state }
+        _ = try await offPool { usleep(20_000) }
+        agent.clock.advance(milliseconds: 1000)
+        release.signal()
+        _ = await blocker.value
+        #expect(await q0.value)
+        #expect(await q1.value)
+        // X ended when q1 arrived (q0 queued), before the look that came next and so before the
+        // batch of q0 and q1, which the loop runs after it.
+        let seen = await look.value
+        #expect(seen != .active, "X was \(seen.map { "\($0)" } ?? "gone") when the look ran")
+        let events = try await agent.events()
+        #expect(events.index("expired", "X").map { $0 < events.index("admitted", "q0")! } == true)
+    }
+
     @Test func requestsWaitForADeadlineThatOneRequestsKernelWorkWouldOverrun() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
@@ -452,13 +484,7 @@ extension TestAgent {
             _ = try await offPool { usleep(20_000) }   // queued in this order
         }
         let commits = (0..<n).map { i in
-            Task {
-                let req = CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
-                                        classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
-                                        anchor: Anchor(id: "edge-1", address: IPAddress("198.18.2.2")!, port: 7000),
-                                        qos: QoSBinding(rateKbit: 10, ceilKbit: 20, priority: 1))
-                return (try? await service.commit(req)) != nil
-            }
+            Task { (try? await service.commit(Self.queued(i))) != nil }
         }
         _ = try await offPool { usleep(200_000) }   // the commits are queued
         meanwhile()
@@ -469,6 +495,14 @@ extension TestAgent {
         for c in commits { succeeded.append(await c.value) }
         for r in firsts { succeeded.append(await r.value) }
         return (succeeded, plansBefore.withLock { $0 })
+    }
+
+    /// The commit of lease `q<i>` (client 198.18.2.<10+i>).
+    static func queued(_ i: Int) -> CommitRequest {
+        CommitRequest(leaseID: "q\(i)", aisi: "aisi-q\(i)", aist: "t", lifetime: .ttl(milliseconds: 60_000),
+                      classifier: Classifier(client: IPAddress("198.18.2.\(10 + i)")!, service: IPAddress("198.18.100.10")!, proto: .udp, port: 7000),
+                      anchor: Anchor(id: "edge-1", address: IPAddress("198.18.2.2")!, port: 7000),
+                      qos: QoSBinding(rateKbit: 10, ceilKbit: 20, priority: 1))
     }
 
     /// The lifecycle events so far (`GET /v1/events?follow=false`).
