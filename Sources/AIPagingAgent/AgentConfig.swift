@@ -122,6 +122,7 @@ public struct AgentConfig: Sendable, Equatable {
         if let v = root["enforcement_points"] {
             guard let arr = v.arrayValue else { throw fail("enforcement_points must be an array") }
             var names = Set<String>()
+            var namespaces = Set<String?>()
             for (i, item) in arr.enumerated() {
                 guard let o = item.objectValue else { throw fail("enforcement_points[\(i)] must be an object") }
                 for k in o.keys where !["name", "netns", "capacity_kbit", "comment"].contains(k) {
@@ -132,6 +133,11 @@ public struct AgentConfig: Sendable, Equatable {
                     throw fail("enforcement_points[\(i)] needs a name (identifier)")
                 }
                 guard names.insert(name).inserted else { throw fail("enforcement point \(name) appears twice") }
+                // One point per namespace: the agent owns the namespace's `inet aipaging` table,
+                // its HTB roots and its conntrack marks.
+                guard namespaces.insert(netns).inserted else {
+                    throw fail("enforcement point \(name) uses \(netns.map { "namespace \($0)" } ?? "the agent's own namespace"), as an earlier point does; each point needs its own")
+                }
                 var cap = defaultCapacityKbit
                 if let cv = o["capacity_kbit"] {
                     guard let n = cv.int64Value, n > 0 else { throw fail("enforcement_points[\(i)].capacity_kbit must be > 0") }

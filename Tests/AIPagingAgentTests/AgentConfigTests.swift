@@ -27,6 +27,10 @@ import Testing
         for (text, says) in [("{\"http_threads\": true}", "unknown key \"http_threads\""),
                              ("{\"http_thread\": 1}", "http_thread must be a boolean"),
                              ("{\"group_size\": 0}", "group_size must be 1..4096"),
+                             ("{\"enforcement_points\": [{\"name\": \"a\", \"netns\": \"ns1\"}, {\"name\": \"b\", \"netns\": \"ns1\"}]}",
+                              "enforcement point b uses namespace ns1, as an earlier point does"),
+                             ("{\"enforcement_points\": [{\"name\": \"a\"}, {\"name\": \"b\"}]}",
+                              "enforcement point b uses the agent's own namespace, as an earlier point does"),
                              ("{\"lease_thread_nice\": -21}", "lease_thread_nice must be an integer in -20...19"),
                              ("{\"probe_interval_ms\": 100, \"probe_timeout_ms\": 20000, \"evidence_window_ms\": 10000}",
                               "probe_timeout_ms (20000) must be shorter than evidence_window_ms (10000)")] {
