@@ -110,10 +110,10 @@ public final class KernelBackend: EnforcementBackend {
     }
 
     public func apply(_ plan: PointPlan) throws(EnforcementError) {
-        flush(plan.flushMarksBefore)
+        flush(plan.flushBlocksBefore)
         try applyTC(plan.tcBefore)
         if !plan.nft.isEmpty { try commitElements(plan.nft) }
-        flush(plan.flushMarksAfter)
+        flush(plan.flushBlocksAfter)
         if !plan.flushUnsteered.isEmpty {
             sweeper.add(plan.flushUnsteered.map {
                 ConntrackClassifier(client: $0.client, service: $0.service, protocolNumber: $0.proto.number, servicePort: $0.port)
@@ -357,8 +357,11 @@ public final class KernelBackend: EnforcementBackend {
 
     /// Deletes the conntrack entries of `marks`: one kernel flush per aligned block of
     /// consecutive marks (`MarkBlocks`), since each flush walks the whole conntrack table.
-    func flush(_ marks: [UInt32]) {
-        for b in MarkBlocks.cover(marks) {
+    func flush(_ marks: [UInt32]) { flush(MarkBlocks.cover(marks)) }
+
+    /// Deletes the conntrack entries of each block (the planner's, which may span free marks).
+    func flush(_ blocks: [MarkBlocks.Block]) {
+        for b in blocks {
             do {
                 try ct.deleteEntries(markedWith: b.value, mask: b.mask)
                 if !pendingFlushes.isEmpty { pendingFlushes = pendingFlushes.filter { $0 & b.mask != b.value } }

@@ -269,7 +269,7 @@ struct SplitMix: RandomNumberGenerator {
 }
 
 @Suite struct MarkBlocksTests {
-    func expand(_ blocks: [(value: UInt32, mask: UInt32)]) -> [UInt32] {
+    func expand(_ blocks: [MarkBlocks.Block]) -> [UInt32] {
         blocks.flatMap { b in (0..<(Int(~b.mask) + 1)).map { b.value + UInt32($0) } }
     }
 
@@ -301,5 +301,58 @@ struct SplitMix: RandomNumberGenerator {
             // (expand lists exactly the marks a block matches)
             for b in blocks { #expect(b.value & ~b.mask == 0) }      // aligned
         }
+    }
+
+    /// With free marks (held by no live lease) the blocks may span them, never a live mark, and
+    /// are never more than the exact cover's.
+    @Test func blocksSpanFreeMarksButNeverALiveOne() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let base = Layout.markPrefix | (UInt32.random(in: 0..<0x100, using: &rng) << 6)
+            var live = Set<UInt32>(), ending = Set<UInt32>()
+            for k in 0..<UInt32(256) {
+                switch Int.random(in: 0..<4, using: &rng) {
+                case 0: live.insert(base + k)
+                case 1: ending.insert(base + k)
+                default: break   // free
+                }
+            }
+            let blocks = MarkBlocks.cover(ending, free: { !live.contains($0) && !ending.contains($0) })
+            for m in ending { #expect(blocks.contains { $0.contains(m) }) }
+            for m in live { #expect(!blocks.contains { $0.contains(m) }, "live mark \(String(m, radix: 16)) flushed") }
+            for b in blocks { #expect(b.value & ~b.mask == 0) }      // aligned
+            #expect(blocks.count <= MarkBlocks.cover(ending).count)
+        }
+        // An unaligned run whose neighbours are free: one block instead of several.
+        let p = Layout.markPrefix
+        let run = (0x105..<0x10c).map { p | UInt32($0) }
+        #expect(MarkBlocks.cover(run).count == 3)   // 0x105, 0x106–0x107, 0x108–0x10b
+        #expect(MarkBlocks.cover(run, free: { _ in true }).count == 1)
+        #expect(MarkBlocks.cover(run, free: { $0 != p | 0x10c }).count == 2)   // 0x100–0x107, 0x108–0x10b
+    }
+}
+
+extension PlannerTests {
+    /// Leases due within the same 2 ms get marks of one aligned block, however their admissions
+    /// interleave with others', so their flush at the deadline is one conntrack walk.
+    @Test func leasesDueTogetherShareABlockOfMarksAndEndInOneFlush() throws {
+        var t = LeaseTable()
+        var k = KernelModel()
+        var soon: [Lease] = [], later: [Lease] = []
+        for i in 0..<6 {
+            soon.append(try t.admit(Fixture.request(id: "s\(i)", client: "198.18.1.\(10 + i)", ttlMs: 300), context: Fixture.context()).lease)
+            later.append(try t.admit(Fixture.request(id: "l\(i)", client: "198.18.1.\(50 + i)", ttlMs: 5000), context: Fixture.context()).lease)
+        }
+        for l in soon + later { t.activate(l.id, switchedAt: Fixture.now.boot) }
+        #expect(Set(soon.map { $0.mark >> 4 }).count == 1)
+        #expect(Set(later.map { $0.mark >> 4 }).count == 1)
+        #expect(soon[0].mark >> 4 != later[0].mark >> 4)
+        k.apply(planAll(t, k.state))
+        var u = LeaseTable.Undo()
+        for l in soon { t.end(l.id, .expired, at: Fixture.now, undo: &u) }
+        let p = planAll(t, k.state)
+        #expect(Set(p.flushMarksAfter) == Set(soon.map(\.mark)))
+        #expect(p.flushBlocksAfter.count == 1)
+        for l in later { #expect(!p.flushBlocksAfter.contains { $0.contains(l.mark) }) }
     }
 }

@@ -43,7 +43,8 @@ extension LeaseTable {
         var leases: [(LeaseID, Lease?)] = []
         var endedGenerations: [(LeaseID, UInt64?)] = []
         var relocationLogs: [(AISI, [BootInstant]?)] = []
-        var nextSlots: [(String, UInt32)] = []
+        /// Before `allocateMark`: the point's slot cursor and the deadline bucket's block.
+        var marks: [(String, UInt32, UInt64, MarkBlock?)] = []
 
         public init() {}
         /// Ids whose records the operation touched (for planning the kernel change).
@@ -56,7 +57,9 @@ extension LeaseTable {
         }
         for (id, g) in undo.endedGenerations.reversed() { restoreEndedGeneration(id, g) }
         for (aisi, log) in undo.relocationLogs.reversed() { setRelocationLog(aisi: aisi, log) }
-        for (point, slot) in undo.nextSlots.reversed() { setNextSlot(point: point, slot) }
+        for (point, slot, bucket, block) in undo.marks.reversed() {
+            restoreMarkAllocation(point: point, nextSlot: slot, bucket: bucket, block: block)
+        }
     }
 
     /// Admits a COMMIT: policy (ttl, anchor catalog, drain), replay, conflicts, relocation
@@ -160,8 +163,7 @@ extension LeaseTable {
         }
 
         // Allocation.
-        undo.nextSlots.append((point, nextSlot(point: point)))
-        guard let mark = allocateMark(point: point) else {
+        guard let mark = allocateMark(point: point, dueAt: deadline, now: now.boot, undo: &undo) else {
             rollback(undo)
             throw LeaseError(.qosClassesExhausted, "no free lease mark at \(point) (\(Layout.maxSlot) live leases)")
         }

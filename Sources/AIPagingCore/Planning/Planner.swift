@@ -40,6 +40,9 @@ public struct PointPlan: Sendable, Equatable {
     public var tcBefore: [TCChange] = []
     public var nft: [NFTChange] = []
     public var flushMarksAfter: [UInt32] = []
+    /// The flushes as blocks of marks (`MarkBlocks`): one conntrack walk each.
+    public var flushBlocksBefore: [MarkBlocks.Block] = []
+    public var flushBlocksAfter: [MarkBlocks.Block] = []
     public var flushUnsteered: [Classifier] = []
     public var tcAfter: [TCChange] = []
     /// The state for the planned scope once the plan is applied.
@@ -209,6 +212,11 @@ public struct Planner: Sendable {
         }
         // Group additions must precede leaf additions inside tcBefore, skeletons first.
         plan.tcBefore.sort { Planner.tcOrder($0) < Planner.tcOrder($1) }
+        // Conntrack flushes by block: a block may span marks no live lease holds here.
+        let byMark = table.points[point]?.byMark
+        let free = { (m: UInt32) in byMark?[m] == nil }
+        plan.flushBlocksBefore = MarkBlocks.cover(plan.flushMarksBefore, free: free)
+        plan.flushBlocksAfter = MarkBlocks.cover(plan.flushMarksAfter, free: free)
         return plan
     }
 

@@ -12,6 +12,10 @@ public enum Layout {
     /// Leaf minors inside a group start at 2 (`G:1` is the group's inner root class).
     public static let firstLeafMinor: UInt16 = 2
     public static let defaultGroupSize = 256
+    /// Leases due within the same `markBucketNs` get their marks from one aligned block of
+    /// `markBlockSlots` slots (`LeaseTable.allocateMark`).
+    public static let markBlockSlots: UInt32 = 16
+    public static let markBucketNs: UInt64 = 2_000_000
 }
 
 /// Everything the agent knows about leases, with the indexes admission and planning need.
@@ -50,6 +54,15 @@ public struct LeaseTable: Sendable {
         /// Sum of guaranteed rates of leases that own steering (admitted/active), kbit/s.
         public internal(set) var guaranteedKbit: UInt64 = 0
         var nextSlot: UInt32 = 1
+        /// The block of marks each deadline bucket hands out from (`allocateMark`).
+        var markBlocks: [UInt64: MarkBlock] = [:]
+    }
+
+    /// An aligned block of mark slots `base ..< base + Layout.markBlockSlots`, handed out from
+    /// `base + next` on.
+    struct MarkBlock: Sendable {
+        var base: UInt32
+        var next: UInt32
     }
 
     /// The leases of one classifier: almost always one (a second only while a relocation drains),
@@ -265,10 +278,51 @@ public struct LeaseTable: Sendable {
 
     // MARK: allocation
 
-    /// A fresh lease mark. Marks rotate through 2^24 slots so a mark is not reused while
-    /// conntrack entries of its previous lease could still linger.
-    mutating func allocateMark(point: String) -> UInt32? {
-        withPoint(point) { p in
+    /// A fresh lease mark for a lease due at `deadline`. Marks rotate through 2^24 slots so a
+    /// mark is not reused while conntrack entries of its previous lease could still linger.
+    ///
+    /// Leases due within the same 2 ms (`Layout.markBucketNs`) take their marks from one aligned
+    /// block of 16 slots, taken whole from the rotation: at their deadline their conntrack
+    /// entries go in one flush of the block (one walk of the kernel's conntrack table) instead
+    /// of one per lease, since leases due together are rarely admitted together (64 clients'
+    /// requests interleave). A block's slots left unused stay free. When no whole free block is
+    /// left (a crowded mark space), any free slot.
+    mutating func allocateMark(point: String, dueAt deadline: BootInstant, now: BootInstant, undo: inout Undo) -> UInt32? {
+        let size = Layout.markBlockSlots
+        let key = deadline.nanoseconds / Layout.markBucketNs
+        return withPoint(point) { p in
+            undo.marks.append((point, p.nextSlot, key, p.markBlocks[key]))
+            if var b = p.markBlocks[key] {
+                while b.next < size {
+                    let slot = b.base + b.next
+                    b.next += 1
+                    if p.byMark[Layout.markPrefix | slot] == nil {
+                        p.markBlocks[key] = b.next < size ? b : nil
+                        return Layout.markPrefix | slot
+                    }
+                }
+                p.markBlocks[key] = nil
+            }
+            // Blocks of buckets already past serve no admission any more.
+            if p.markBlocks.count >= 64 {
+                let nowKey = now.nanoseconds / Layout.markBucketNs
+                p.markBlocks = p.markBlocks.filter { $0.key >= nowKey }
+                if p.markBlocks.count >= 256 { p.markBlocks = [:] }
+            }
+            // The block the cursor is in, from the cursor on (slot 0 is never a lease's); then
+            // whole blocks.
+            var base = p.nextSlot / size * size
+            var first = max(p.nextSlot, 1)
+            for _ in 0...(Layout.maxSlot / size) {
+                if base + size - 1 > Layout.maxSlot { (base, first) = (0, 1) }
+                if (first ..< base + size).allSatisfy({ p.byMark[Layout.markPrefix | $0] == nil }) {
+                    p.nextSlot = base + size > Layout.maxSlot ? 1 : base + size
+                    p.markBlocks[key] = MarkBlock(base: base, next: first - base + 1)
+                    return Layout.markPrefix | first
+                }
+                base += size
+                first = base
+            }
             for _ in 0..<Layout.maxSlot {
                 let slot = p.nextSlot
                 p.nextSlot = slot >= Layout.maxSlot ? 1 : slot + 1
@@ -276,6 +330,14 @@ public struct LeaseTable: Sendable {
                 if p.byMark[mark] == nil { return mark }
             }
             return nil
+        }
+    }
+
+    /// Restores what `allocateMark` changed (a rollback).
+    mutating func restoreMarkAllocation(point: String, nextSlot: UInt32, bucket: UInt64, block: MarkBlock?) {
+        withPoint(point) { p in
+            p.nextSlot = nextSlot
+            p.markBlocks[bucket] = block
         }
     }
 
