@@ -166,6 +166,15 @@ public struct AgentConfig: Sendable, Equatable {
         }
     }
 
+    /// The points as the flags left them: `--netns` may move the first point into the namespace
+    /// of a later one (parse refuses that in the file). Throws naming the second point.
+    public func checkPointNamespaces() throws(LoadError) {
+        var seen = Set<String?>()
+        for p in enforcementPoints where !seen.insert(p.netns).inserted {
+            throw LoadError(description: "enforcement point \(p.name) uses \(p.netns.map { "namespace \($0)" } ?? "the agent's own namespace"), as an earlier point does (--netns sets the first point's); each point needs its own")
+        }
+    }
+
     /// Capacity per point: the policy's value where it names the point, else the config's.
     /// An explicit `--capacity-kbit` flag has already been written into the first point and wins.
     public func effectivePoints(policy: Policy, capacityFlag: UInt64?) -> [EnforcementPointConfig] {

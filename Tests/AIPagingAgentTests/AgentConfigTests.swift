@@ -37,4 +37,13 @@ import Testing
             #expect { try parse(text) } throws: { ($0 as? AgentConfig.LoadError)?.description.contains(says) == true }
         }
     }
+
+    @Test func theNetnsFlagCannotPutTwoPointsInOneNamespace() throws {
+        var c = try parse("{\"enforcement_points\": [{\"name\": \"a\", \"netns\": \"ns1\"}, {\"name\": \"b\", \"netns\": \"ns2\"}]}")
+        try c.checkPointNamespaces()
+        c.applyFlags(socket: nil, netns: "ns2", stateDir: nil, capacityKbit: nil, policy: nil, flushOnExit: nil)
+        #expect { try c.checkPointNamespaces() } throws: {
+            ($0 as? AgentConfig.LoadError)?.description.contains("enforcement point b uses namespace ns2, as an earlier point does") == true
+        }
+    }
 }
