@@ -122,7 +122,6 @@ public struct AgentConfig: Sendable, Equatable {
         if let v = root["enforcement_points"] {
             guard let arr = v.arrayValue else { throw fail("enforcement_points must be an array") }
             var names = Set<String>()
-            var namespaces = Set<String?>()
             for (i, item) in arr.enumerated() {
                 guard let o = item.objectValue else { throw fail("enforcement_points[\(i)] must be an object") }
                 for k in o.keys where !["name", "netns", "capacity_kbit", "comment"].contains(k) {
@@ -133,11 +132,6 @@ public struct AgentConfig: Sendable, Equatable {
                     throw fail("enforcement_points[\(i)] needs a name (identifier)")
                 }
                 guard names.insert(name).inserted else { throw fail("enforcement point \(name) appears twice") }
-                // One point per namespace: the agent owns the namespace's `inet aipaging` table,
-                // its HTB roots and its conntrack marks.
-                guard namespaces.insert(netns).inserted else {
-                    throw fail("enforcement point \(name) uses \(netns.map { "namespace \($0)" } ?? "the agent's own namespace"), as an earlier point does; each point needs its own")
-                }
                 var cap = defaultCapacityKbit
                 if let cv = o["capacity_kbit"] {
                     guard let n = cv.int64Value, n > 0 else { throw fail("enforcement_points[\(i)].capacity_kbit must be > 0") }
@@ -145,6 +139,7 @@ public struct AgentConfig: Sendable, Equatable {
                 }
                 c.enforcementPoints.append(EnforcementPointConfig(name: name, netns: netns, capacityKbit: cap))
             }
+            do { try c.checkPointNamespaces() } catch { throw fail(error.description) }
         }
         return c
     }
@@ -166,12 +161,13 @@ public struct AgentConfig: Sendable, Equatable {
         }
     }
 
-    /// The points as the flags left them: `--netns` may move the first point into the namespace
-    /// of a later one (parse refuses that in the file). Throws naming the second point.
+    /// One point per namespace: the agent owns the namespace's `inet aipaging` table, its HTB
+    /// roots and its conntrack marks. Checked on the file and again after the flags (`--netns`
+    /// sets the first point's namespace). Throws naming the second point.
     public func checkPointNamespaces() throws(LoadError) {
         var seen = Set<String?>()
         for p in enforcementPoints where !seen.insert(p.netns).inserted {
-            throw LoadError(description: "enforcement point \(p.name) uses \(p.netns.map { "namespace \($0)" } ?? "the agent's own namespace"), as an earlier point does (--netns sets the first point's); each point needs its own")
+            throw LoadError(description: "enforcement point \(p.name) uses \(p.netns.map { "namespace \($0)" } ?? "the agent's own namespace"), as an earlier point does; each point needs its own")
         }
     }
 

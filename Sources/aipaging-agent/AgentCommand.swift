@@ -47,7 +47,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         cfg.applyFlags(socket: socket, netns: netns, stateDir: stateDir, capacityKbit: capacityKbit,
                        policy: policy, flushOnExit: flushOnExit ? true : nil)
-        do { try cfg.checkPointNamespaces() } catch { throw ValidationError(error.description) }
+        do { try cfg.checkPointNamespaces() } catch { throw ValidationError("\(error) (--netns names the first point's namespace)") }
         let level = Logger.Level(rawValue: logLevel ?? cfg.logLevel) ?? .info
         LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
         let logger = Logger(label: "aipaging")
