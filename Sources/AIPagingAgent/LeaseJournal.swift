@@ -46,6 +46,10 @@ public final class LeaseJournal {
 
     var syncWorker: SyncWorker?
     var syncInFlight = false
+    /// Tests: each fdatasync of `beginSync` first sleeps this long (a slow disk), and fails with
+    /// EIO if `syncFailsForTesting`.
+    var syncDelayForTestingMs: UInt32 = 0
+    var syncFailsForTesting = false
 
     deinit {
         if syncInFlight { _ = syncWorker?.wait() }
@@ -166,7 +170,7 @@ public final class LeaseJournal {
         syncInFlight = true
         let worker = syncWorker ?? SyncWorker(name: "aip-journal")
         syncWorker = worker
-        worker.start(fd, directoryOf: directorySyncPending ? path : nil)
+        worker.start(syncFailsForTesting ? -2 : fd, directoryOf: directorySyncPending ? path : nil, delayMs: syncDelayForTestingMs)
         directorySyncPending = false
     }
 
@@ -179,12 +183,14 @@ public final class LeaseJournal {
 
     /// Waits for the fdatasync `beginSync()` started and tells how long it took; throws if it
     /// failed.
+    /// `whileWaiting` runs every millisecond until the fdatasync is done (it may `write`, not
+    /// sync or compact).
     @discardableResult
-    public func endSync() throws(JournalError) -> SyncTiming {
+    public func endSync(whileWaiting: () -> Void = {}) throws(JournalError) -> SyncTiming {
         precondition(syncInFlight, "endSync without beginSync")
-        syncInFlight = false
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let (err, took) = syncWorker!.wait()
+        let (err, took) = syncWorker!.wait(whileWaiting: whileWaiting)
+        syncInFlight = false
         let waited = DispatchTime.now().uptimeNanoseconds - t0
         guard err == 0 else {
             throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(err)))")
@@ -202,6 +208,7 @@ public final class LeaseJournal {
         let job = Mutex<(fd: Int32, errno: Int32, took: UInt64)>((-1, 0, 0))
         /// A journal whose directory to fsync first (a compaction's rename), or nil.
         let directoryOf = Mutex<String?>(nil)
+        let delayMs = Mutex<UInt32>(0)
 
         init(name: String) {
             Thread.detachNewThread { [self] in
@@ -210,9 +217,11 @@ public final class LeaseJournal {
                 while true {
                     request.wait()
                     let fd = job.withLock { $0.fd }
-                    if fd < 0 { return }
+                    if fd == -1 { return }   // (-2: a test's failing disk; fdatasync(-2) fails)
                     let t0 = DispatchTime.now().uptimeNanoseconds
                     if let path = directoryOf.withLock({ p in defer { p = nil }; return p }) { LeaseJournal.syncDirectory(of: path) }
+                    let delay = delayMs.withLock { $0 }
+                    if delay > 0 { usleep(delay * 1000) }
                     let r = fdatasync(fd) == 0 ? 0 : errno
                     let took = DispatchTime.now().uptimeNanoseconds - t0
                     job.withLock { $0.errno = r; $0.took = took }
@@ -221,14 +230,15 @@ public final class LeaseJournal {
             }
         }
 
-        func start(_ fd: Int32, directoryOf path: String? = nil) {
+        func start(_ fd: Int32, directoryOf path: String? = nil, delayMs delay: UInt32 = 0) {
             directoryOf.withLock { $0 = path }
+            delayMs.withLock { $0 = delay }
             job.withLock { $0 = (fd, 0, 0) }
             request.signal()
         }
 
-        func wait() -> (errno: Int32, took: UInt64) {
-            done.wait()
+        func wait(whileWaiting: () -> Void = {}) -> (errno: Int32, took: UInt64) {
+            while done.wait(timeout: .now() + .milliseconds(1)) == .timedOut { whileWaiting() }
             return job.withLock { ($0.errno, $0.took) }
         }
 

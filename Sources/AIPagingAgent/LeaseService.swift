@@ -508,11 +508,8 @@ public actor LeaseService {
                 revokes.append((id, cont, e))
             case .tick:
                 for l in dueLeases(at: now.boot) {
-                    var undo = LeaseTable.Undo()
-                    let event: LeaseEvent = (l.state == .draining && (l.drainEndsAt ?? l.deadline) < l.deadline) ? .drainEnded : .expired
-                    if let e = table.end(l.id, event, at: now, undo: &undo) {
-                        scopes[l.enforcementPoint, default: Scope()].add(l)
-                        ended.append((e, event == .drainEnded ? .drained : .expired))
+                    if let e = endDue(l, at: now, scopes: &scopes) {
+                        ended.append(e)
                         dueDeadlines.append(l.nextDeadline)
                     }
                 }
@@ -531,8 +528,8 @@ public actor LeaseService {
         var syncing = false
         if let journal {
             var records = leaseRecords(commits)
-            for (_, _, l) in revokes { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: now.wall, mark: l.mark, point: l.enforcementPoint)) }
-            for (l, _) in ended { records.append(.ended(id: l.id, state: l.state, generation: l.request.generation, at: now.wall, mark: l.mark, point: l.enforcementPoint)) }
+            for (_, _, l) in revokes { records.append(endedRecord(l, at: now)) }
+            for (l, _) in ended { records.append(endedRecord(l, at: now)) }
             if !records.isEmpty {
                 do {
                     try journal.write(records, clock: now)
@@ -611,7 +608,15 @@ public actor LeaseService {
         if let journal {
             if syncing {
                 do {
-                    let t = try journal.endSync()
+                    // Leases that fall due meanwhile end while the disk flushes (a slow fdatasync
+                    // took up to 31 ms here); not those this batch's requests touch, whose records
+                    // may yet be rolled back.
+                    var busy = Set<LeaseID>()
+                    for c in installed {
+                        busy.insert(c.admission.lease.id)
+                        for id in c.admission.undo.touchedLeaseIDs { busy.insert(id) }
+                    }
+                    let t = try journal.endSync(whileWaiting: { endDueLeasesWhileSyncing(except: busy) })
                     stats.journalSync.record(nanoseconds: t.syncNs)
                     stats.journalWait.record(nanoseconds: t.waitNs)
                 } catch { journalError = journalError ?? error }
@@ -636,6 +641,9 @@ public actor LeaseService {
                 var touched: Set<String> = []
                 for c in installed.reversed() {
                     table.rollback(c.admission.undo)
+                    // (A lease the rollback restores may have lost its deadline's entry: it looked
+                    // stale while the sync ran, `endDueLeasesWhileSyncing`.)
+                    for id in c.admission.undo.touchedLeaseIDs { if let l = table[id] { deadlines.push(l.nextDeadline, l.id) } }
                     touched.insert(c.admission.lease.enforcementPoint)
                     let e = LeaseError(.enforcementFailed, "lease \(c.request.leaseID) could not be recorded durably (\(error)); nothing of it remains")
                     reject(e)
@@ -657,21 +665,7 @@ public actor LeaseService {
                 cont.resume(returning: lease)
             }
         }
-        // Lateness: from each deadline to its state being gone from the kernel.
-        for d in dueDeadlines {
-            let late = d.nanoseconds(until: applyDone.boot)
-            stats.expiryLateness.record(nanoseconds: late)
-            metrics?.expiryLate(nanoseconds: late)
-        }
-        // (`ended` and `dueDeadlines` are appended together.) The event says when the lease was
-        // due and how late its state was gone: what an auditor of expiries checks.
-        for ((lease, kind), deadline) in zip(ended, dueDeadlines) {
-            if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
-            var detail = JSON.Object()
-            detail["deadline_monotonic_ns"] = .int(deadline.nanoseconds)
-            detail["late_us"] = .int(deadline.nanoseconds(until: applyDone.boot) / 1000)
-            publish(kind, lease, at: applyDone, related: lease.replacedBy, detail: detail)
-        }
+        reportEnded(ended, dueDeadlines, at: applyDone)
         if estimable && batchCommits + batchRemovals > 0 {
             // Each estimate moves by what the whole batch took (its kernel work, and the
             // admission, journal and answers around it) against what they predicted for it.
@@ -689,6 +683,71 @@ public actor LeaseService {
         churnSinceTrim += items.count
         lastBatchBoot = applyDone.boot
         if !pending.isEmpty { scheduleFlush() }   // what the budget left for the next batch
+    }
+
+    /// Ends `l`, due at `now`: expired, or drained when its drain ends before its deadline. Adds
+    /// it to its point's scope; nil if it was no longer live.
+    func endDue(_ l: Lease, at now: ClockReading, scopes: inout [String: Scope]) -> (Lease, LifecycleEvent.Kind)? {
+        var undo = LeaseTable.Undo()
+        let event: LeaseEvent = (l.state == .draining && (l.drainEndsAt ?? l.deadline) < l.deadline) ? .drainEnded : .expired
+        guard let e = table.end(l.id, event, at: now, undo: &undo) else { return nil }
+        scopes[l.enforcementPoint, default: Scope()].add(l)
+        return (e, event == .drainEnded ? .drained : .expired)
+    }
+
+    /// Stats and events of leases ended at their deadlines (`ended` and `deadlines` in step),
+    /// their state gone at `done`: the event says when the lease was due and how late its state
+    /// was gone, what an auditor of expiries checks.
+    func reportEnded(_ ended: [(Lease, LifecycleEvent.Kind)], _ deadlines: [BootInstant], at done: ClockReading) {
+        for ((lease, kind), deadline) in zip(ended, deadlines) {
+            let late = deadline.nanoseconds(until: done.boot)
+            stats.expiryLateness.record(nanoseconds: late)
+            metrics?.expiryLate(nanoseconds: late)
+            if kind == .drained { stats.drained += 1 } else { stats.expired += 1 }
+            var detail = JSON.Object()
+            detail["deadline_monotonic_ns"] = .int(deadline.nanoseconds)
+            detail["late_us"] = .int(late / 1000)
+            publish(kind, lease, at: done, related: lease.replacedBy, detail: detail)
+        }
+    }
+
+    func endedRecord(_ l: Lease, at now: ClockReading) -> JournalRecord {
+        .ended(id: l.id, state: l.state, generation: l.request.generation, at: now.wall, mark: l.mark, point: l.enforcementPoint)
+    }
+
+    /// While a batch waits for its fdatasync, leases that fall due end in a batch of their own:
+    /// their ends need no fdatasync and answer nobody. Not those in `busy` (the waiting batch's
+    /// requests touched them and may yet be rolled back): they go back on the deadline heap for
+    /// the next batch. Kernel work as in any batch; journal records written, not synced.
+    func endDueLeasesWhileSyncing(except busy: Set<LeaseID>) {
+        let now = clock.now()
+        guard let next = earliestDeadline(), next <= now.boot else { return }
+        var scopes: [String: Scope] = [:]
+        var ended: [(Lease, LifecycleEvent.Kind)] = []
+        var dueDeadlines: [BootInstant] = []
+        for l in dueLeases(at: now.boot) {
+            if busy.contains(l.id) {
+                deadlines.push(l.nextDeadline, l.id)
+                continue
+            }
+            if let e = endDue(l, at: now, scopes: &scopes) {
+                ended.append(e)
+                dueDeadlines.append(l.nextDeadline)
+            }
+        }
+        guard !ended.isEmpty else { return }
+        stats.batches += 1
+        if let journal {
+            do { try journal.write(ended.map { endedRecord($0.0, at: now) }, clock: now) } catch {
+                logger.warning("lease journal write failed for leases ended at their deadlines (a replay finds them over anyway)",
+                               metadata: ["error": "\(error)"])
+            }
+        }
+        for (name, scope) in scopes.sorted(by: { $0.key < $1.key }) where !points[name]!.needsResync {
+            _ = applyScope(name, scope)
+        }
+        reportEnded(ended, dueDeadlines, at: clock.now())
+        rearm()
     }
 
     /// The journal records of admitted commits: each lease as it is once installed, and a
@@ -1042,6 +1101,12 @@ extension LeaseService {
 
     /// Starts a background compaction now (tests; the service starts one when the journal has grown).
     func beginJournalCompaction() { if let journal { compactJournal(journal, inBackground: true) } }
+
+    /// Tests: the journal's fdatasyncs (of admissions and revokes) take `ms` longer, and fail.
+    func slowJournalSyncsForTesting(ms: UInt32, failing: Bool = false) {
+        journal?.syncDelayForTestingMs = ms
+        journal?.syncFailsForTesting = failing
+    }
     var journalCompactionReady: Bool { journal?.compactionReady ?? false }
 
     func compactionSwitchMayRun(at now: BootInstant) -> Bool {

@@ -340,6 +340,42 @@ extension ControlAPITests {
         #expect(events.index("expired", "X").map { $0 < events.index("admitted", "q0")! } == true)
     }
 
+    /// A batch waits for its fdatasync before it answers (a slow one took 31 ms here); a lease
+    /// that falls due meanwhile ends then, not after the batch.
+    @Test func aLeaseDueWhileABatchWaitsForTheDiskEndsMeanwhile() async throws {
+        let agent = try await TestAgent(journal: true)
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/X", json: lease("X", ttlMs: 1000)).0 == 201)
+        await agent.service.slowJournalSyncsForTesting(ms: 600)
+        let y = Task { try await agent.call("PUT", "/v1/leases/Y", json: lease("Y", client: "198.18.1.3", ttlMs: 60_000)).0 }
+        _ = try await offPool { usleep(200_000) }   // Y's batch waits for the disk
+        agent.clock.advance(milliseconds: 1000)     // X is due (no timer tick: a manual clock)
+        #expect(try await y.value == 201)
+        let events = try await agent.events()
+        let expired = try #require(events.index("expired", "X"))
+        #expect(expired < events.index("admitted", "Y")!, "X ended after Y's batch")
+        #expect(events[expired]["late_us"]?.int64Value == 0)
+        #expect(await agent.service.lease("X") == nil)
+    }
+
+    /// A renewal whose fdatasync fails is rolled back, and the lease's old deadline, which
+    /// passed while the batch waited for the disk (the lease looked renewed then), still ends it.
+    @Test func aRenewalThatCannotBeJournaledLeavesTheOldDeadlineInForce() async throws {
+        let agent = try await TestAgent(journal: true)
+        defer { Task { await agent.stop() } }
+        #expect(try await agent.call("PUT", "/v1/leases/R", json: lease("R", ttlMs: 1000)).0 == 201)
+        await agent.service.slowJournalSyncsForTesting(ms: 400, failing: true)
+        let renewal = Task { try await agent.call("PUT", "/v1/leases/R", json: lease("R", ttlMs: 60_000)).0 }
+        _ = try await offPool { usleep(150_000) }   // the renewal's batch waits for the disk
+        agent.clock.advance(milliseconds: 1000)     // R's old deadline passes meanwhile
+        #expect(try await renewal.value == 503)   // enforcement_failed: not recorded durably
+        await agent.service.slowJournalSyncsForTesting(ms: 0)
+        await agent.service.processTick()
+        #expect(await agent.service.lease("R") == nil)
+        let events = try await agent.events()
+        #expect(events.index("expired", "R") != nil && events.index("renewed", "R") == nil)
+    }
+
     @Test func requestsWaitForADeadlineThatOneRequestsKernelWorkWouldOverrun() async throws {
         let agent = try await TestAgent()
         defer { Task { await agent.stop() } }
