@@ -605,6 +605,9 @@ public actor LeaseService {
             }
         }
 
+        // Points this batch could not reconcile (a failure of the due leases ended during the
+        // fdatasync wait below is not this batch's revokes').
+        let unreconciled = Set(points.keys.filter { points[$0]!.needsResync })
         if let journal {
             if syncing {
                 do {
@@ -659,7 +662,7 @@ public actor LeaseService {
         for (_, cont, lease) in revokes {
             stats.revoked += 1
             publish(.revoked, lease, at: applyDone)
-            if points[lease.enforcementPoint]!.needsResync {
+            if unreconciled.contains(lease.enforcementPoint) {
                 cont.resume(throwing: LeaseError(.enforcementFailed, "lease \(lease.id) is revoked but its kernel state could not be removed yet; the kernel timeouts end it at \(lease.expiresAt.rfc3339) at the latest and the agent keeps retrying"))
             } else {
                 cont.resume(returning: lease)
