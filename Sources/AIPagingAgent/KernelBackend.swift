@@ -512,7 +512,7 @@ final class UnsteeredSweeper: Sendable {
     }
 
     private func run() {
-        Thread.current.name = "aip-sweeper"
+        aip_thread_set_name("aip-sweeper")
         ThreadScheduling.enterBackground(.sweeper)
         while !stopping.load(ordering: .acquiring) {
             if pending.withLock({ $0.isEmpty }) { wake.wait() }

@@ -212,7 +212,7 @@ public final class LeaseJournal {
 
         init(name: String) {
             Thread.detachNewThread { [self] in
-                Thread.current.name = name
+                aip_thread_set_name(name)
                 ThreadScheduling.enterLatencyCritical(.journal)   // replies wait for its fdatasync
                 while true {
                     request.wait()
@@ -290,7 +290,7 @@ public final class LeaseJournal {
         compaction = job
         let tmp = path + ".tmp", bootID = bootID
         Thread.detachNewThread {
-            Thread.current.name = "aip-compact"
+            aip_thread_set_name("aip-compact")
             ThreadScheduling.enterBackground(.journalCompaction)
             let bytes = LeaseJournal.encode(snapshot(), bootID: bootID, clock: clock)
             let r: Result<(fd: Int32, bytes: Int), JournalError>

@@ -97,7 +97,7 @@ public final class EvidenceExporter: Sendable {
         inbox.withLock { $0.commands = initial.map { .upsert($0) } + $0.commands }
         let this = self
         Thread.detachNewThread {
-            Thread.current.name = "aip-evidence"
+            aip_thread_set_name("aip-evidence")
             // Background work: on a small node the lease service (expiry, admissions) comes first.
             ThreadScheduling.enterBackground(.evidence)
             let loop = ExporterLoop(this)

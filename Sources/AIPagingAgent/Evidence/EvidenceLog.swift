@@ -168,7 +168,7 @@ public final class EvidenceLog: Sendable {
         shared = Mutex(s)
         let this = self
         Thread.detachNewThread {
-            Thread.current.name = "aip-evi-log"   // (15 characters at most)
+            aip_thread_set_name("aip-evi-log")   // (15 characters at most)
             ThreadScheduling.enterBackground(.evidenceLog)   // the lease service comes first
             this.writerLoop()
         }
