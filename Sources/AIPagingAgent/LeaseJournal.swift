@@ -57,7 +57,7 @@ public final class LeaseJournal {
         if let job = compaction {
             // Not switched: the journal stays as it is; the snapshot is dropped.
             job.done.wait()
-            if case .success(let v)? = job.result.withLock({ $0 }) { close(v.fd) }
+            if case .success(let w)? = job.result.withLock({ $0 }) { close(w.fd) }
             unlink(path + ".tmp")
         }
         syncWorker?.stop()
@@ -148,6 +148,7 @@ public final class LeaseJournal {
             throw JournalError(description: "writing \(path): \(String(cString: strerror(e)))")
         }
         sizeBytes += bytes.count
+        compaction?.journalBytes.store(sizeBytes, ordering: .releasing)
     }
 
     /// Makes everything written so far durable (fdatasync on this thread).
@@ -265,13 +266,35 @@ public final class LeaseJournal {
 
     final class Compaction: Sendable {
         /// The journal's size when the snapshot was taken: what was appended after it is copied
-        /// behind the snapshot before the switch.
+        /// behind the snapshot, by the compaction's thread while it can and the rest at the switch.
         let offset: Int
+        /// The journal's size after its last write (whole records): how far the compaction's
+        /// thread may copy.
+        let journalBytes: Atomic<Int>
         let done = DispatchSemaphore(value: 0)
-        /// The written temp file (its descriptor and size), or why it could not be written.
-        let result = Mutex<Result<(fd: Int32, bytes: Int), JournalError>?>(nil)
-        init(offset: Int) { self.offset = offset }
+        /// The written temp file, or why it could not be written.
+        let result = Mutex<Result<Written, JournalError>?>(nil)
+        init(offset: Int) {
+            self.offset = offset
+            journalBytes = Atomic(offset)
+        }
     }
+
+    /// A compaction's temp file: the snapshot, then the journal's records from the snapshot's
+    /// offset up to `copiedTo`, fsynced up to `syncedBytes` of its `bytes`.
+    struct Written: Sendable {
+        var fd: Int32
+        var snapshotBytes: Int
+        var copiedTo: Int
+        var bytes: Int
+        var syncedBytes: Int
+    }
+
+    /// The compaction's thread copies what the journal got meanwhile (and fdatasyncs it) until
+    /// at most this much is left for the switch on the lease thread, 8 rounds at most.
+    public static let catchUpSlackBytes = 64 << 10
+    /// Bytes the last compaction switch copied (what was appended after its thread's last look).
+    public private(set) var lastSwitchTailBytes = 0
 
     /// Starts a compaction that does not hold up the caller: `records` (the live state now) are
     /// encoded, written to `leases.journal.tmp` and fsynced on a thread of their own, while
@@ -288,19 +311,54 @@ public final class LeaseJournal {
         precondition(compaction == nil, "a compaction is already in flight")
         let job = Compaction(offset: sizeBytes)
         compaction = job
-        let tmp = path + ".tmp", bootID = bootID
+        let tmp = path + ".tmp", bootID = bootID, journalFD = fd
         Thread.detachNewThread {
             aip_thread_set_name("aip-compact")
             ThreadScheduling.enterBackground(.journalCompaction)
             let bytes = LeaseJournal.encode(snapshot(), bootID: bootID, clock: clock)
-            let r: Result<(fd: Int32, bytes: Int), JournalError>
+            let r: Result<Written, JournalError>
             do throws(JournalError) {
-                r = .success((try LeaseJournal.writeSynced(tmp, bytes), bytes.count))
+                let t = try LeaseJournal.writeSynced(tmp, bytes)
+                var w = Written(fd: t, snapshotBytes: bytes.count, copiedTo: job.offset, bytes: bytes.count, syncedBytes: bytes.count)
+                do throws(JournalError) {
+                    // What the journal got while the snapshot was encoded and written, and while
+                    // that copy was flushed, until little is left for the switch. (The journal's
+                    // descriptor stays open until the switch, which waits for this thread.)
+                    for _ in 0..<8 {
+                        let end = job.journalBytes.load(ordering: .acquiring)
+                        guard end - w.copiedTo > LeaseJournal.catchUpSlackBytes else { break }
+                        try LeaseJournal.copy(from: journalFD, w.copiedTo..<end, to: t, path: tmp)
+                        w.bytes += end - w.copiedTo
+                        w.copiedTo = end
+                        guard fdatasync(t) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
+                        w.syncedBytes = w.bytes
+                    }
+                } catch {
+                    close(t)
+                    unlink(tmp)
+                    throw error
+                }
+                r = .success(w)
             } catch {
                 r = .failure(error)
             }
             job.result.withLock { $0 = r }
             job.done.signal()
+        }
+    }
+
+    /// Copies the bytes `range` of `src` to the end of `dst` (opened for appending).
+    static func copy(from src: Int32, _ range: Range<Int>, to dst: Int32, path: String) throws(JournalError) {
+        var buf = [UInt8](repeating: 0, count: min(range.count, 1 << 20))
+        var at = range.lowerBound
+        while at < range.upperBound {
+            let want = min(buf.count, range.upperBound - at)
+            let n = buf.withUnsafeMutableBytes { pread(src, $0.baseAddress, want, off_t(at)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw JournalError(description: "reading the journal's tail for \(path): \(n < 0 ? String(cString: strerror(errno)) : "end of file")") }
+            let e = buf[0..<n].withUnsafeBytes { writeAll(dst, $0) }
+            guard e == 0 else { throw JournalError(description: "writing the journal's tail to \(path): \(String(cString: strerror(e)))") }
+            at += n
         }
     }
 
@@ -316,32 +374,28 @@ public final class LeaseJournal {
         if wait { job.done.wait() } else if job.done.wait(timeout: .now()) == .timedOut { return false }
         compaction = nil
         let tmp = path + ".tmp"
-        let (t, snapshot): (Int32, Int)
+        let w: Written
         switch job.result.withLock({ $0 })! {
         case .failure(let e): throw e
-        case .success(let v): (t, snapshot) = v
+        case .success(let v): w = v
         }
-        func fail(_ what: String) -> JournalError {
-            let e = JournalError(description: "\(what) \(tmp): \(String(cString: strerror(errno)))")
-            close(t)
+        // The records appended since the compaction's thread last looked, as they are in the
+        // journal (whole lines), and whatever of the file is not yet durable.
+        do throws(JournalError) {
+            try LeaseJournal.copy(from: fd, w.copiedTo..<sizeBytes, to: w.fd, path: tmp)
+            if w.syncedBytes < w.bytes + (sizeBytes - w.copiedTo) {
+                guard fdatasync(w.fd) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
+            }
+        } catch {
+            close(w.fd)
             unlink(tmp)
-            return e
+            throw error
         }
-        // The records appended since the snapshot, as they are in the journal (whole lines).
-        var tail = [UInt8](repeating: 0, count: sizeBytes - job.offset)
-        var got = 0
-        while got < tail.count {
-            let n = tail[got...].withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(job.offset + got)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw fail("reading the journal's tail for") }
-            got += n
-        }
-        guard LeaseJournal.writeAll(t, tail) == 0 else { throw fail("writing the journal's tail to") }
-        guard tail.isEmpty || fdatasync(t) == 0 else { throw fail("fdatasync") }
-        close(t)
+        close(w.fd)
         try replace(with: tmp, syncDirectory: false)
-        sizeBytes = snapshot + tail.count
-        snapshotBytes = snapshot
+        lastSwitchTailBytes = sizeBytes - w.copiedTo
+        sizeBytes = w.bytes + lastSwitchTailBytes
+        snapshotBytes = w.snapshotBytes
         return true
     }
 
@@ -357,9 +411,13 @@ public final class LeaseJournal {
     /// Writes all of `bytes` to `fd` (retrying partial and interrupted writes); 0, or the errno
     /// of the write that failed (EIO if one wrote nothing).
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Int32 {
+        bytes.withUnsafeBytes { writeAll(fd, $0) }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
         var written = 0
         while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            let n = Glibc.write(fd, bytes.baseAddress! + written, bytes.count - written)
             if n < 0 && errno == EINTR { continue }
             if n < 0 { return errno }
             if n == 0 { return EIO }
@@ -401,8 +459,18 @@ public final class LeaseJournal {
             throw e
         }
         if syncDirectory { LeaseJournal.syncDirectory(of: path) } else { directorySyncPending = true }
-        close(fd)
+        LeaseJournal.closeInBackground(fd)
         fd = newFD
+    }
+
+    /// Closes the replaced journal on a thread of its own: the last close of a renamed-over file
+    /// frees its blocks, which took 2.2 ms for 16 MB and 48 ms for 300 MB on this machine's ext4.
+    static func closeInBackground(_ fd: Int32) {
+        Thread.detachNewThread {
+            aip_thread_set_name("aip-compact")
+            ThreadScheduling.enterBackground(.journalCompaction)
+            close(fd)
+        }
     }
 
     /// Rewrites the journal as exactly `records` (the live state), atomically, on this thread.

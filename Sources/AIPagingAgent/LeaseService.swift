@@ -1128,7 +1128,7 @@ extension LeaseService {
             compactionReadySince = nil
             let switched = t0.nanoseconds(until: clock.now().boot)
             stats.journalCompaction.record(nanoseconds: switched)
-            logger.info("compacted the lease journal", metadata: ["bytes": "\(journal.sizeBytes)", "switch_us": "\(switched / 1000)"])
+            logger.info("compacted the lease journal", metadata: ["bytes": "\(journal.sizeBytes)", "switch_us": "\(switched / 1000)", "switch_copied_bytes": "\(journal.lastSwitchTailBytes)"])
         } catch {
             compactionReadySince = nil
             logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])

@@ -106,6 +106,58 @@ import Testing
         #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
     }
 
+    /// What the journal gets while the snapshot is written is copied (and made durable) by the
+    /// compaction's thread, so the switch on the lease thread copies only what came after its
+    /// last look.
+    @Test func theCompactionsThreadCopiesWhatWasAppendedMeanwhile() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clock = SystemClock().now()
+        let j = try LeaseJournal(stateDir: dir)
+        for i in 0..<20 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        let snapshotMayGo = DispatchSemaphore(value: 0)
+        let keep = record("keep", clock: clock)
+        j.beginCompaction(clock: clock) {
+            snapshotMayGo.wait()
+            return [.lease(keep)]
+        }
+        // Appended while the snapshot is being made: more than the switch is left to copy.
+        var during: [String] = []
+        var bytes = 0
+        while bytes <= 2 * LeaseJournal.catchUpSlackBytes {
+            let before = j.sizeBytes
+            during.append("d\(during.count)")
+            try j.append([.lease(record(during.last!, clock: clock))], clock: clock)
+            bytes += j.sizeBytes - before
+        }
+        snapshotMayGo.signal()
+        let deadline = Date().addingTimeInterval(10)
+        while !j.compactionReady && Date() < deadline { usleep(1000) }
+        #expect(j.compactionReady)
+        // Appended after the compaction's thread is done: copied by the switch.
+        let before = j.sizeBytes
+        try j.append([.lease(record("late", clock: clock))], clock: clock)
+        let late = j.sizeBytes - before
+        #expect(try j.finishCompaction())
+        #expect(j.lastSwitchTailBytes == late)
+        try j.append([.lease(record("after", clock: clock))], clock: clock)
+        let (records, cut) = try LeaseJournal(stateDir: dir).load(clock: clock)
+        #expect(cut == 0)
+        #expect(records.map { r -> String in
+            if case .lease(let l) = r { return l.id }
+            return "cursor"
+        } == ["keep"] + during + ["late", "after"])
+        #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
+        // The replaced journal is closed (in the background), not leaked.
+        func replacedStillOpen() -> Bool {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            return fds.contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) == dir + "/leases.journal (deleted)" }
+        }
+        let closeBy = Date().addingTimeInterval(5)
+        while replacedStillOpen() && Date() < closeBy { usleep(1000) }
+        #expect(!replacedStillOpen())
+    }
+
     @Test func aCompactionNotFinishedLeavesTheJournalAsItWas() throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
