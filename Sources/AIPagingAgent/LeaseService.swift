@@ -1094,10 +1094,10 @@ extension LeaseService {
         }
     }
 
-    /// The switch to a compacted journal stops this thread (it copies what was appended meanwhile
-    /// and fdatasyncs it: 6–30 ms measured at 1 000–100 000 leases), so it waits for a batch
-    /// after which no deadline falls within `compactionSwitchClearanceNs`, for
-    /// `compactionSwitchMaxWaitNs` at most.
+    /// The switch to a compacted journal stops this thread (it copies what was appended since the
+    /// compaction's thread last looked, at most ~64 KB, and fdatasyncs it: 0.3 ms measured at
+    /// 100 000 leases, more when the disk stalls), so it waits for a batch after which no deadline
+    /// falls within `compactionSwitchClearanceNs`, for `compactionSwitchMaxWaitNs` at most.
     static let compactionSwitchClearanceNs: UInt64 = 50_000_000
     static let compactionSwitchMaxWaitNs: UInt64 = 2_000_000_000
 
