@@ -446,6 +446,7 @@ public struct ControlAPI: Sendable {
                         "journal_sync": snapshot.stats.journalSync.summary,
                         "journal_wait": snapshot.stats.journalWait.summary,
                         "journal_compaction": snapshot.stats.journalCompaction.summary]
+        o["journal"] = ["compaction_failures": .int(snapshot.stats.journalCompactionFailures)]
         o["evidence"] = evidenceStatus()
         o["memory"] = Self.memoryStatus(snapshot.stats)
         o["scheduling"] = ThreadScheduling.status

@@ -257,7 +257,9 @@ public final class LeaseJournal {
         return a.withUnsafeBytes { aip_crc32(0, $0.baseAddress, $0.count) }
     }
 
-    public var needsCompaction: Bool { compaction == nil && sizeBytes > max(16 << 20, 4 * snapshotBytes) }
+    public var needsCompaction: Bool { compaction == nil && sizeBytes > max(compactionMinBytes, 4 * snapshotBytes) }
+    /// The journal is compacted only once it is past this size (tests lower it).
+    var compactionMinBytes = 16 << 20
 
     /// A compaction whose snapshot is being written on a thread of its own (`beginCompaction`).
     var compaction: Compaction?

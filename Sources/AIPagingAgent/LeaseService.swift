@@ -124,6 +124,9 @@ public actor LeaseService {
         /// The lease thread's time on each journal compaction: putting the written snapshot (plus
         /// what was appended meanwhile) in place; at start, the whole compaction.
         public var journalCompaction = LatencyHistogram()
+        /// Compactions that failed (the journal then goes on growing; the next is tried
+        /// `compactionRetryNs` later).
+        public var journalCompactionFailures = 0
     }
 
     public init(points configs: [EnforcementPointConfig], backends: sending [String: any EnforcementBackend], policy: Policy,
@@ -388,6 +391,11 @@ public actor LeaseService {
     /// When the background compaction's snapshot was first seen written, while its switch waits
     /// for a gap between deadlines (`compactionSwitchMayRun`).
     var compactionReadySince: BootInstant?
+    /// After a failed compaction, none is started again before this instant: a disk that refuses
+    /// the snapshot (full, read-only, failing) would otherwise get a new one after every batch,
+    /// each a copy of the whole lease table encoded on the compaction's thread.
+    var compactionRetryAt: BootInstant?
+    static let compactionRetryNs: UInt64 = 30_000_000_000
 
     /// What the next batch processes, taken out of `pending`. Leases already due end first, in a
     /// batch of their own: their removal does not wait for the kernel work of requests queued
@@ -679,7 +687,9 @@ public actor LeaseService {
         }
         if let journal {
             if journal.compactionReady && compactionSwitchMayRun(at: applyDone.boot) { finishCompaction(journal) }
-            if journal.needsCompaction { compactJournal(journal, inBackground: true) }
+            if journal.needsCompaction && compactionRetryAt.map({ applyDone.boot >= $0 }) ?? true {
+                compactJournal(journal, inBackground: true)
+            }
         }
         rearm()
         churnSinceTrim += items.count
@@ -1090,8 +1100,15 @@ extension LeaseService {
             stats.journalCompaction.record(nanoseconds: took)
             logger.info("compacted the lease journal", metadata: ["records": "\(records.count)", "took_us": "\(took / 1000)"])
         } catch {
-            logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
+            compactionFailed(error)
         }
+    }
+
+    func compactionFailed(_ error: LeaseJournal.JournalError) {
+        stats.journalCompactionFailures += 1
+        compactionRetryAt = clock.now().boot.adding(nanoseconds: Self.compactionRetryNs)
+        logger.error("lease journal compaction failed; the journal keeps growing", metadata: [
+            "error": "\(error)", "retry_in_s": "\(Self.compactionRetryNs / 1_000_000_000)"])
     }
 
     /// The switch to a compacted journal stops this thread (it copies what was appended since the
@@ -1110,6 +1127,9 @@ extension LeaseService {
         journal?.syncFailsForTesting = failing
     }
     var journalCompactionReady: Bool { journal?.compactionReady ?? false }
+    var journalCompactionInFlight: Bool { journal?.compaction != nil }
+    /// Tests: the journal is compacted once it is 4x its last snapshot, however small.
+    func compactSmallJournalsForTesting() { journal?.compactionMinBytes = 0 }
 
     func compactionSwitchMayRun(at now: BootInstant) -> Bool {
         let since = compactionReadySince ?? now
@@ -1131,7 +1151,7 @@ extension LeaseService {
             logger.info("compacted the lease journal", metadata: ["bytes": "\(journal.sizeBytes)", "switch_us": "\(switched / 1000)", "switch_copied_bytes": "\(journal.lastSwitchTailBytes)"])
         } catch {
             compactionReadySince = nil
-            logger.error("lease journal compaction failed; the journal keeps growing", metadata: ["error": "\(error)"])
+            compactionFailed(error)
         }
     }
 }

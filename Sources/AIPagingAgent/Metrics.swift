@@ -162,6 +162,7 @@ public final class AgentMetrics: Sendable {
         total("aipaging_repairs_total", [], UInt64(s.stats.repairs))
         total("aipaging_batches_total", [], UInt64(s.stats.batches))
         total("aipaging_kernel_drift_total", [], UInt64(s.stats.driftReports))
+        total("aipaging_journal_compaction_failures_total", [], UInt64(s.stats.journalCompactionFailures))
         // Refused requests by cause, wherever they were refused (the API's decoding or the service).
         for (cause, n) in service.rejectionCounts { total("aipaging_rejections_total", [("cause", cause.rawValue)], UInt64(n)) }
         for p in s.points {

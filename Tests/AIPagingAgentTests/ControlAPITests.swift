@@ -435,6 +435,44 @@ extension ControlAPITests {
         #expect(await agent.service.lease("G")?.state == .active)
     }
 
+    /// A compaction that fails (here: its temp file's path is taken by a directory) is tried
+    /// again only `compactionRetryNs` later, not after every batch; the journal goes on growing
+    /// meanwhile and the leases are served.
+    @Test func aFailedCompactionIsRetriedOnlyAfterAPause() async throws {
+        let agent = try await TestAgent(journal: true)
+        defer { Task { await agent.stop() } }
+        let service = agent.service
+        let tmp = agent.dir + "/leases.journal.tmp"
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+        await service.compactSmallJournalsForTesting()
+        func waitUntilReady() async throws {
+            for _ in 0..<200 where !(await service.journalCompactionReady) { _ = try await offPool { usleep(5_000) } }
+            #expect(await service.journalCompactionReady)
+        }
+        #expect(try await agent.call("PUT", "/v1/leases/L", json: lease("L", ttlMs: 600_000)).0 == 201)
+        #expect(await service.journalCompactionInFlight)
+        try await waitUntilReady()
+        // The next batch finds it failed, and starts none.
+        #expect(try await agent.call("PUT", "/v1/leases/E", json: lease("E", client: "198.18.1.3", ttlMs: 600_000)).0 == 201)
+        #expect(await service.stats.journalCompactionFailures == 1)
+        #expect(await service.journalCompactionInFlight == false)
+        #expect(try await agent.call("PUT", "/v1/leases/F", json: lease("F", client: "198.18.1.4", ttlMs: 600_000)).0 == 201)
+        #expect(await service.journalCompactionInFlight == false)
+        // After the pause the next batch tries again, and this time the disk takes it.
+        try FileManager.default.removeItem(atPath: tmp)
+        agent.clock.advance(milliseconds: LeaseService.compactionRetryNs / 1_000_000)
+        #expect(try await agent.call("PUT", "/v1/leases/G", json: lease("G", client: "198.18.1.5", ttlMs: 600_000)).0 == 201)
+        #expect(await service.journalCompactionInFlight)
+        try await waitUntilReady()
+        #expect(try await agent.call("PUT", "/v1/leases/H", json: lease("H", client: "198.18.1.6", ttlMs: 600_000)).0 == 201)
+        #expect(await service.stats.journalCompaction.count == 1)
+        #expect(await service.stats.journalCompactionFailures == 1)
+        let (_, status) = try await agent.call("GET", "/v1/status")
+        #expect(status["journal"]?["compaction_failures"]?.int64Value == 1)
+        let live = Set(try LeaseJournal(stateDir: agent.dir).load(clock: agent.clock.now()).records.compactMap { if case .lease(let l) = $0 { l.id } else { nil } })
+        #expect(live == ["L", "E", "F", "G", "H"])
+    }
+
     @Test func theJournalCompactionSwitchWaitsForAGapBetweenDeadlines() async throws {
         let agent = try await TestAgent(journal: true)
         defer { Task { await agent.stop() } }
