@@ -56,8 +56,7 @@ public final class LeaseJournal {
         if directorySyncPending { LeaseJournal.syncDirectory(of: path) }
         if let job = compaction {
             // Not switched: the journal stays as it is; the snapshot is dropped.
-            job.done.wait()
-            if case .success(let w)? = job.result.withLock({ $0 }) { close(w.fd) }
+            if case .success(let w) = job.take(waiting: true)! { close(w.fd) }
             unlink(path + ".tmp")
         }
         syncWorker?.stop()
@@ -264,7 +263,15 @@ public final class LeaseJournal {
     /// A compaction whose snapshot is being written on a thread of its own (`beginCompaction`).
     var compaction: Compaction?
     /// A compaction's snapshot is written: `finishCompaction` would switch now.
-    public var compactionReady: Bool { compaction?.result.withLock { $0 != nil } ?? false }
+    public var compactionReady: Bool { compaction?.state.withLock { $0.result != nil && !$0.copying } ?? false }
+    /// How far into the journal the compaction's file reaches (nil while it is being written or
+    /// copied to).
+    var compactionCopiedTo: Int? {
+        compaction?.state.withLock { s in
+            guard case .success(let w)? = s.result, !s.copying else { return nil }
+            return w.copiedTo
+        }
+    }
 
     final class Compaction: Sendable {
         /// The journal's size when the snapshot was taken: what was appended after it is copied
@@ -273,12 +280,34 @@ public final class LeaseJournal {
         /// The journal's size after its last write (whole records): how far the compaction's
         /// thread may copy.
         let journalBytes: Atomic<Int>
-        let done = DispatchSemaphore(value: 0)
-        /// The written temp file, or why it could not be written.
-        let result = Mutex<Result<Written, JournalError>?>(nil)
+        let state = Mutex(State())
         init(offset: Int) {
             self.offset = offset
             journalBytes = Atomic(offset)
+        }
+
+        struct State {
+            /// The written temp file, or why it could not be written; nil while the snapshot is
+            /// being written.
+            var result: Result<Written, JournalError>?
+            /// The compaction's thread is copying more of the journal into the file.
+            var copying = false
+            /// The switch (or the journal's close) took the file: the compaction's thread ends.
+            var taken = false
+        }
+
+        /// Takes the file for the switch: nil while the snapshot is being written or the thread
+        /// is copying (with `waiting`, waits for that instead).
+        func take(waiting: Bool) -> Result<Written, JournalError>? {
+            while true {
+                let r: Result<Written, JournalError>? = state.withLock { s in
+                    guard let r = s.result, !s.copying else { return nil }
+                    s.taken = true
+                    return r
+                }
+                if r != nil || !waiting { return r }
+                usleep(1000)
+            }
         }
     }
 
@@ -318,34 +347,52 @@ public final class LeaseJournal {
             aip_thread_set_name("aip-compact")
             ThreadScheduling.enterBackground(.journalCompaction)
             let bytes = LeaseJournal.encode(snapshot(), bootID: bootID, clock: clock)
-            let r: Result<Written, JournalError>
+            var w: Written
             do throws(JournalError) {
                 let t = try LeaseJournal.writeSynced(tmp, bytes)
-                var w = Written(fd: t, snapshotBytes: bytes.count, copiedTo: job.offset, bytes: bytes.count, syncedBytes: bytes.count)
-                do throws(JournalError) {
-                    // What the journal got while the snapshot was encoded and written, and while
-                    // that copy was flushed, until little is left for the switch. (The journal's
-                    // descriptor stays open until the switch, which waits for this thread.)
-                    for _ in 0..<8 {
-                        let end = job.journalBytes.load(ordering: .acquiring)
-                        guard end - w.copiedTo > LeaseJournal.catchUpSlackBytes else { break }
-                        try LeaseJournal.copy(from: journalFD, w.copiedTo..<end, to: t, path: tmp)
+                w = Written(fd: t, snapshotBytes: bytes.count, copiedTo: job.offset, bytes: bytes.count, syncedBytes: bytes.count)
+            } catch {
+                job.state.withLock { $0.result = .failure(error) }
+                return
+            }
+            // Then what the journal gets meanwhile (the journal's descriptor stays open until the
+            // switch, which never takes the file while this thread copies): at once, in up to 8
+            // rounds until at most `catchUpSlackBytes` is left, and then every 5 ms until the
+            // switch takes the file, however long it waits for a gap between deadlines (while the
+            // journal does not grow, the looks are spaced out to 1 s: an idle agent switches at
+            // its next batch, whose own records are all that is left then).
+            var rounds = 0, napUs: UInt32 = 5_000, lastEnd = -1
+            while true {
+                let end = job.journalBytes.load(ordering: .acquiring)
+                napUs = end == lastEnd ? min(2 * napUs, 1_000_000) : 5_000
+                lastEnd = end
+                let copy = job.state.withLock { s -> Bool? in
+                    if s.taken { return nil }
+                    s.copying = end - w.copiedTo > LeaseJournal.catchUpSlackBytes
+                    if !s.copying { s.result = .success(w) }
+                    return s.copying
+                }
+                guard let copy else { return }
+                if copy {
+                    do throws(JournalError) {
+                        try LeaseJournal.copy(from: journalFD, w.copiedTo..<end, to: w.fd, path: tmp)
                         w.bytes += end - w.copiedTo
                         w.copiedTo = end
-                        guard fdatasync(t) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
+                        guard fdatasync(w.fd) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
                         w.syncedBytes = w.bytes
+                    } catch {
+                        close(w.fd)
+                        unlink(tmp)
+                        job.state.withLock { $0.result = .failure(error); $0.copying = false }
+                        return
                     }
-                } catch {
-                    close(t)
-                    unlink(tmp)
-                    throw error
+                    rounds += 1
+                    if rounds < 8 { continue }
+                    job.state.withLock { $0.result = .success(w); $0.copying = false }
                 }
-                r = .success(w)
-            } catch {
-                r = .failure(error)
+                rounds = 8
+                usleep(napUs)
             }
-            job.result.withLock { $0 = r }
-            job.done.signal()
         }
     }
 
@@ -373,11 +420,11 @@ public final class LeaseJournal {
     public func finishCompaction(wait: Bool = false) throws(JournalError) -> Bool {
         guard let job = compaction else { return false }
         precondition(!syncInFlight, "finishCompaction while a sync is in flight")
-        if wait { job.done.wait() } else if job.done.wait(timeout: .now()) == .timedOut { return false }
+        guard let taken = job.take(waiting: wait) else { return false }
         compaction = nil
         let tmp = path + ".tmp"
         let w: Written
-        switch job.result.withLock({ $0 })! {
+        switch taken {
         case .failure(let e): throw e
         case .success(let v): w = v
         }

@@ -1,4 +1,4 @@
-import AIPagingAgent
+@testable import AIPagingAgent
 import CAIPagingShim
 import AIPagingCore
 import Foundation
@@ -106,9 +106,9 @@ import Testing
         #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
     }
 
-    /// What the journal gets while the snapshot is written is copied (and made durable) by the
-    /// compaction's thread, so the switch on the lease thread copies only what came after its
-    /// last look.
+    /// What the journal gets while the snapshot is written, and while the switch waits, is
+    /// copied (and made durable) by the compaction's thread, so the switch on the lease thread
+    /// copies only what came after its last look.
     @Test func theCompactionsThreadCopiesWhatWasAppendedMeanwhile() throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -121,25 +121,34 @@ import Testing
             snapshotMayGo.wait()
             return [.lease(keep)]
         }
-        // Appended while the snapshot is being made: more than the switch is left to copy.
+        // More than the switch is left to copy, appended while the snapshot is being made, and
+        // again after that, while the switch would wait.
         var during: [String] = []
-        var bytes = 0
-        while bytes <= 2 * LeaseJournal.catchUpSlackBytes {
-            let before = j.sizeBytes
-            during.append("d\(during.count)")
-            try j.append([.lease(record(during.last!, clock: clock))], clock: clock)
-            bytes += j.sizeBytes - before
+        func appendPastTheSlack() throws {
+            var bytes = 0
+            while bytes <= 2 * LeaseJournal.catchUpSlackBytes {
+                let before = j.sizeBytes
+                during.append("d\(during.count)")
+                try j.append([.lease(record(during.last!, clock: clock))], clock: clock)
+                bytes += j.sizeBytes - before
+            }
         }
+        try appendPastTheSlack()
         snapshotMayGo.signal()
         let deadline = Date().addingTimeInterval(10)
         while !j.compactionReady && Date() < deadline { usleep(1000) }
         #expect(j.compactionReady)
-        // Appended after the compaction's thread is done: copied by the switch.
-        let before = j.sizeBytes
+        try appendPastTheSlack()
+        func left() -> Int { j.sizeBytes - (j.compactionCopiedTo ?? 0) }
+        while left() > LeaseJournal.catchUpSlackBytes && Date() < deadline { usleep(1000) }
+        #expect(left() <= LeaseJournal.catchUpSlackBytes)
+        // What the thread has not copied (at most the slack; here also one record appended after
+        // its last look) is copied by the switch.
         try j.append([.lease(record("late", clock: clock))], clock: clock)
-        let late = j.sizeBytes - before
+        let rest = left()
         #expect(try j.finishCompaction())
-        #expect(j.lastSwitchTailBytes == late)
+        #expect(j.lastSwitchTailBytes == rest)
+        #expect(rest < LeaseJournal.catchUpSlackBytes + 1024)
         try j.append([.lease(record("after", clock: clock))], clock: clock)
         let (records, cut) = try LeaseJournal(stateDir: dir).load(clock: clock)
         #expect(cut == 0)
