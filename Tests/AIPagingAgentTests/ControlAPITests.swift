@@ -347,11 +347,10 @@ extension ControlAPITests {
         defer { Task { await agent.stop() } }
         #expect(try await agent.call("PUT", "/v1/leases/X", json: lease("X", ttlMs: 1000)).0 == 201)
         await agent.service.slowJournalSyncsForTesting(ms: 1000)
-        func journalBytes() -> Int { (try? FileManager.default.attributesOfItem(atPath: agent.dir + "/leases.journal")[.size] as? Int) ?? 0 }
-        let before = journalBytes()
+        let before = agent.journalBytes()
         let y = Task { try await agent.call("PUT", "/v1/leases/Y", json: lease("Y", client: "198.18.1.3", ttlMs: 60_000)).0 }
         // Y's batch has written its record and waits for the disk.
-        for _ in 0..<500 where journalBytes() == before { _ = try await offPool { usleep(1000) } }
+        for _ in 0..<500 where agent.journalBytes() == before { _ = try await offPool { usleep(1000) } }
         agent.clock.advance(milliseconds: 1000)     // X is due (no timer tick: a manual clock)
         #expect(try await y.value == 201)
         let events = try await agent.events()
@@ -367,9 +366,11 @@ extension ControlAPITests {
         let agent = try await TestAgent(journal: true)
         defer { Task { await agent.stop() } }
         #expect(try await agent.call("PUT", "/v1/leases/R", json: lease("R", ttlMs: 1000)).0 == 201)
-        await agent.service.slowJournalSyncsForTesting(ms: 400, failing: true)
+        await agent.service.slowJournalSyncsForTesting(ms: 1000, failing: true)
+        let before = agent.journalBytes()
         let renewal = Task { try await agent.call("PUT", "/v1/leases/R", json: lease("R", ttlMs: 60_000)).0 }
-        _ = try await offPool { usleep(150_000) }   // the renewal's batch waits for the disk
+        // The renewal's batch has written its record and waits for the disk.
+        for _ in 0..<500 where agent.journalBytes() == before { _ = try await offPool { usleep(1000) } }
         agent.clock.advance(milliseconds: 1000)     // R's old deadline passes meanwhile
         #expect(try await renewal.value == 503)   // enforcement_failed: not recorded durably
         await agent.service.slowJournalSyncsForTesting(ms: 0)

@@ -57,6 +57,11 @@ final class TestAgent: Sendable {
     }
 
     @discardableResult
+    /// The lease journal's size on disk (0 without one).
+    func journalBytes() -> Int {
+        (try? FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int) ?? 0
+    }
+
     func call(_ method: String, _ path: String, json body: JSON? = nil) async throws -> (Int, JSON) {
         try await request(method, path, body: body.map { Array($0.serialized().utf8) })
     }
