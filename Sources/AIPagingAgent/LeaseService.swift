@@ -1112,7 +1112,7 @@ extension LeaseService {
     }
 
     /// The switch to a compacted journal stops this thread (it copies what was appended since the
-    /// compaction's thread last looked, at most ~64 KB, and fdatasyncs it: 0.3 ms measured at
+    /// compaction's thread last looked, at most ~64 KB, and fdatasyncs it: 0.1–0.3 ms measured at
     /// 100 000 leases, more when the disk stalls), so it waits for a batch after which no deadline
     /// falls within `compactionSwitchClearanceNs`, for `compactionSwitchMaxWaitNs` at most.
     static let compactionSwitchClearanceNs: UInt64 = 50_000_000
