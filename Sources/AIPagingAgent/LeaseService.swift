@@ -1072,19 +1072,20 @@ extension LeaseService {
     }
 
     /// Rewrites the journal as the live state. In the background (during service): the records
-    /// are built from a copy of the table (copy-on-write: the table's storage is copied only if
-    /// the service changes it before the copy is dropped) and written on the journal's compaction
+    /// are built from a copy of the table's leases, mark cursors and tombstones (`journalSource`;
+    /// copy-on-write: their storage is copied only if the service changes them before the copy
+    /// is dropped) and written on the journal's compaction
     /// thread, and `finishCompaction` puts them in place at the end of a later batch; otherwise
     /// (at start) right here.
     func compactJournal(_ journal: LeaseJournal, inBackground: Bool = false) {
         let now = clock.now()
-        let table = self.table, pointNames = points.keys.sorted(), defaultPoint = self.defaultPoint
+        let source = table.journalSource, pointNames = points.keys.sorted(), defaultPoint = self.defaultPoint
         let snapshot: @Sendable () -> [JournalRecord] = {
-            var records: [JournalRecord] = pointNames.map { .cursor(point: $0, nextSlot: table.nextSlot(point: $0)) }
-            records += table.leases.values.map { .lease($0) }
+            var records: [JournalRecord] = pointNames.map { .cursor(point: $0, nextSlot: source.nextSlots[$0] ?? 1) }
+            records += source.leases.values.map { .lease($0) }
             // Tombstones keep the instant their retention counts from (`at`), so compaction
             // does not extend them.
-            for t in table.tombstones {
+            for t in source.tombstones {
                 records.append(.ended(id: t.id, state: .expired, generation: t.generation, at: t.retainedFrom, mark: 0, point: defaultPoint))
             }
             return records

@@ -202,14 +202,32 @@ public struct LeaseTable: Sendable {
     }
 
     /// Every tombstone with the instant its retention counts from (for journal compaction).
-    public var tombstones: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] {
-        var seen = Set<LeaseID>()
-        var out: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] = []
-        for e in tombstoneHeap.entries.sorted(by: { $0.key > $1.key })
-        where endedGenerations[e.value.id] == e.value.generation && seen.insert(e.value.id).inserted {
-            out.append((e.value.id, e.value.generation, WallTime(nanosecondsSinceEpoch: e.key)))
+    public var tombstones: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] { journalSource.tombstones }
+
+    /// What a journal compaction writes: the leases, each point's next mark slot and the
+    /// tombstones. It shares storage with the table until the table changes, and only these
+    /// parts: a change then copies them, not the points' indexes as a copy of the whole table
+    /// would (measured at 13 000 leases: the first batch after a compaction began spent 0.5–0.6
+    /// ms more in admission, copying the whole table).
+    public struct JournalSource: Sendable {
+        public let leases: LeaseStore
+        public let nextSlots: [String: UInt32]
+        let endedGenerations: [LeaseID: UInt64]
+        let tombstoneHeap: MinHeap<Int64, (generation: UInt64, id: LeaseID)>
+
+        public var tombstones: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] {
+            var seen = Set<LeaseID>()
+            var out: [(id: LeaseID, generation: UInt64, retainedFrom: WallTime)] = []
+            for e in tombstoneHeap.entries.sorted(by: { $0.key > $1.key })
+            where endedGenerations[e.value.id] == e.value.generation && seen.insert(e.value.id).inserted {
+                out.append((e.value.id, e.value.generation, WallTime(nanosecondsSinceEpoch: e.key)))
+            }
+            return out
         }
-        return out
+    }
+
+    public var journalSource: JournalSource {
+        JournalSource(leases: leases, nextSlots: points.mapValues(\.nextSlot), endedGenerations: endedGenerations, tombstoneHeap: tombstoneHeap)
     }
 
     public mutating func restoreEndedGeneration(_ id: LeaseID, _ generation: UInt64?) {
