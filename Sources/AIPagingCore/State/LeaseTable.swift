@@ -208,7 +208,7 @@ public struct LeaseTable: Sendable {
     /// tombstones. It shares storage with the table until the table changes, and only these
     /// parts: a change then copies them, not the points' indexes as a copy of the whole table
     /// would (measured at 13 000 leases: the first batch after a compaction began spent 0.5–0.6
-    /// ms more in admission, copying the whole table).
+    /// ms more in admission with a copy of the whole table, ~0.1 ms more with this).
     public struct JournalSource: Sendable {
         public let leases: LeaseStore
         public let nextSlots: [String: UInt32]
