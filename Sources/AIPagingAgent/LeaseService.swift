@@ -1006,11 +1006,15 @@ extension LeaseService {
     }
 
     public func snapshot() -> Snapshot {
+        // (From the table's per-point counts: a walk of every lease took ~30 ms at 100 000
+        // leases, on the lease thread, for each status or metrics request.)
         var byState: [LeaseState: Int] = [:]
         var perPoint: [String: Int] = [:]
-        for l in table.leases.values {
-            byState[l.state, default: 0] += 1
-            perPoint[l.enforcementPoint, default: 0] += 1
+        for (name, idx) in table.points {
+            for (state, n) in idx.leasesByState {
+                byState[state, default: 0] += n
+                perPoint[name, default: 0] += n
+            }
         }
         let pts = points.keys.sorted().map { name -> PointSnapshot in
             let p = points[name]!

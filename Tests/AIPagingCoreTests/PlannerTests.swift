@@ -252,6 +252,10 @@ struct KernelModel {
             }
             #expect(k.state.leafCount == t.liveCount)
             #expect(Set(t.leases.values.map(\.qosClass)).count == t.liveCount)
+            // The counts kept per state are the leases' states.
+            var byState: [LeaseState: Int] = [:]
+            for l in t.leases.values { byState[l.state, default: 0] += 1 }
+            #expect((idx?.leasesByState ?? [:]) == byState)
         }
     }
 }

@@ -51,6 +51,9 @@ public struct LeaseTable: Sendable {
         var openGroups: [InterfacePriority: Set<UInt16>] = [:]
         var majorsInUse: [String: Set<UInt16>] = [:]
         public internal(set) var leasesPerInterface: [String: Int] = [:]
+        /// Live leases of the point by state, kept as leases change (status and metrics read it
+        /// without a walk of every lease on the lease thread).
+        public internal(set) var leasesByState: [LeaseState: Int] = [:]
         /// Sum of guaranteed rates of leases that own steering (admitted/active), kbit/s.
         public internal(set) var guaranteedKbit: UInt64 = 0
         var nextSlot: UInt32 = 1
@@ -264,6 +267,7 @@ public struct LeaseTable: Sendable {
                 p.openGroups[key, default: []].insert(g.major)
             }
             p.leasesPerInterface[g.interface, default: 0] += 1
+            p.leasesByState[l.state, default: 0] += 1
             if l.ownsSteering { p.guaranteedKbit += l.request.qos.rateKbit }
         }
     }
@@ -290,6 +294,8 @@ public struct LeaseTable: Sendable {
             }
             p.leasesPerInterface[g.interface, default: 1] -= 1
             if p.leasesPerInterface[g.interface] == 0 { p.leasesPerInterface[g.interface] = nil }
+            p.leasesByState[l.state, default: 1] -= 1
+            if p.leasesByState[l.state] == 0 { p.leasesByState[l.state] = nil }
             if l.ownsSteering { p.guaranteedKbit -= min(p.guaranteedKbit, l.request.qos.rateKbit) }
         }
     }
