@@ -288,6 +288,8 @@ public actor LeaseService {
     public func lease(_ id: LeaseID) -> Lease? { table[id] }
 
     public func leases() -> [Lease] { Array(table.leases.values) }
+    /// The live leases as they are now, sharing the table's storage until it changes (O(1)).
+    public func leaseStore() -> LeaseStore { table.leases }
 
     public func appliedState(point: String) -> KernelState? { points[point]?.applied }
 
