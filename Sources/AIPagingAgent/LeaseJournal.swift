@@ -361,7 +361,7 @@ public final class LeaseJournal {
             // switch takes the file, however long it waits for a gap between deadlines (while the
             // journal does not grow, the looks are spaced out to 1 s: an idle agent switches at
             // its next batch, whose own records are all that is left then).
-            var rounds = 0, napUs: UInt32 = 5_000, lastEnd = -1
+            var firstRoundsLeft = 8, napUs: UInt32 = 5_000, lastEnd = -1
             while true {
                 let end = job.journalBytes.load(ordering: .acquiring)
                 napUs = end == lastEnd ? min(2 * napUs, 1_000_000) : 5_000
@@ -386,11 +386,13 @@ public final class LeaseJournal {
                         job.state.withLock { $0.result = .failure(error); $0.copying = false }
                         return
                     }
-                    rounds += 1
-                    if rounds < 8 { continue }
+                    // At first, copy again at once (the file is not offered to the switch meanwhile)
+                    // until little is left, 8 rounds at most; later, offer it after each copy.
+                    firstRoundsLeft -= 1
+                    if firstRoundsLeft > 0 { continue }
                     job.state.withLock { $0.result = .success(w); $0.copying = false }
                 }
-                rounds = 8
+                firstRoundsLeft = 0
                 usleep(napUs)
             }
         }
