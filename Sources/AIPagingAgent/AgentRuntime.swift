@@ -87,7 +87,7 @@ public final class AgentRuntime: Sendable {
             await stopEvidence(exporter)
             throw error
         }
-        exporter.start(initial: await service.leases())
+        exporter.start(initial: Array(await service.leaseStore().values))
         let timer: ExpiryTimer?
         do {
             timer = useTimer ? try ExpiryTimer { [service] in service.tick() } : nil

@@ -378,7 +378,7 @@ public final class LeaseJournal {
                         try LeaseJournal.copy(from: journalFD, w.copiedTo..<end, to: w.fd, path: tmp)
                         w.bytes += end - w.copiedTo
                         w.copiedTo = end
-                        guard fdatasync(w.fd) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
+                        try LeaseJournal.syncData(w.fd, path: tmp)
                         w.syncedBytes = w.bytes
                     } catch {
                         close(w.fd)
@@ -396,6 +396,11 @@ public final class LeaseJournal {
                 usleep(napUs)
             }
         }
+    }
+
+    /// fdatasync of a compaction's temp file.
+    static func syncData(_ fd: Int32, path: String) throws(JournalError) {
+        guard fdatasync(fd) == 0 else { throw JournalError(description: "fdatasync \(path): \(String(cString: strerror(errno)))") }
     }
 
     /// Copies the bytes `range` of `src` to the end of `dst` (opened for appending).
@@ -435,7 +440,7 @@ public final class LeaseJournal {
         do throws(JournalError) {
             try LeaseJournal.copy(from: fd, w.copiedTo..<sizeBytes, to: w.fd, path: tmp)
             if w.syncedBytes < w.bytes + (sizeBytes - w.copiedTo) {
-                guard fdatasync(w.fd) == 0 else { throw JournalError(description: "fdatasync \(tmp): \(String(cString: strerror(errno)))") }
+                try LeaseJournal.syncData(w.fd, path: tmp)
             }
         } catch {
             close(w.fd)

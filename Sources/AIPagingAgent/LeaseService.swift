@@ -287,7 +287,6 @@ public actor LeaseService {
 
     public func lease(_ id: LeaseID) -> Lease? { table[id] }
 
-    public func leases() -> [Lease] { Array(table.leases.values) }
     /// The live leases as they are now, sharing the table's storage until it changes (O(1)).
     public func leaseStore() -> LeaseStore { table.leases }
 

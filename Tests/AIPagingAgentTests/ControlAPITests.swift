@@ -121,7 +121,7 @@ import Testing
         let (s, b) = try await agent.call("PUT", "/v1/leases/L1", json: lease())
         #expect(s == 403 && b["error"]?["cause"]?.stringValue == "unauthorized_peer")
         #expect(try await agent.call("GET", "/v1/leases").0 == 403)
-        #expect(await agent.service.leases().isEmpty)
+        #expect(await agent.service.leaseStore().isEmpty)
         #expect(try await agent.kernel().isEmpty)
     }
 

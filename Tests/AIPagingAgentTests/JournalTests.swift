@@ -22,6 +22,26 @@ import Testing
     }
 
     /// A lease service on one enforcement point with an in-memory kernel and its journal in `dir`.
+    /// A journal in `dir` with `n` leases `l0`, `l1`, ... appended one by one.
+    func journal(_ dir: String, leases n: Int, clock: ClockReading) throws -> LeaseJournal {
+        let j = try LeaseJournal(stateDir: dir)
+        for i in 0..<n { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        return j
+    }
+
+    /// The records' lease ids in order ("cursor" for a cursor record).
+    func leaseIDs(_ records: [JournalRecord]) -> [String] {
+        records.map { r in
+            if case .lease(let l) = r { return l.id }
+            return "cursor"
+        }
+    }
+
+    /// The journal file's size on disk.
+    func fileBytes(_ dir: String) -> Int? {
+        (try? FileManager.default.attributesOfItem(atPath: dir + "/leases.journal"))?[.size] as? Int
+    }
+
     func journaledService(_ dir: String, _ clock: ManualClock) throws -> LeaseService {
         LeaseService(points: [EnforcementPointConfig(name: "ep", netns: nil, capacityKbit: 1_000_000)],
                      backends: ["ep": InMemoryBackend { clock.now().boot }], policy: .lab, clock: clock,
@@ -74,8 +94,7 @@ import Testing
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = SystemClock().now()
-        let j = try LeaseJournal(stateDir: dir)
-        for i in 0..<50 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        let j = try journal(dir, leases: 50, clock: clock)
         try j.compact([.cursor(point: "ep", nextSlot: 9), .lease(record("keep", clock: clock))], clock: clock)
         try j.append([.lease(record("after", clock: clock))], clock: clock)
         let (records, _) = try LeaseJournal(stateDir: dir).load(clock: clock)
@@ -87,8 +106,7 @@ import Testing
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = SystemClock().now()
-        let j = try LeaseJournal(stateDir: dir)
-        for i in 0..<50 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        let j = try journal(dir, leases: 50, clock: clock)
         j.beginCompaction([.cursor(point: "ep", nextSlot: 9), .lease(record("keep", clock: clock))], clock: clock)
         #expect(!j.needsCompaction)
         // Appends go on to the journal while the snapshot is written, and are durable there.
@@ -98,12 +116,9 @@ import Testing
         try j.append([.lease(record("after", clock: clock))], clock: clock)
         let (records, cut) = try LeaseJournal(stateDir: dir).load(clock: clock)
         #expect(cut == 0)
-        #expect(records.map { r -> String in
-            if case .lease(let l) = r { return l.id }
-            return "cursor"
-        } == ["cursor", "keep", "during", "after"])
+        #expect(leaseIDs(records) == ["cursor", "keep", "during", "after"])
         #expect(!FileManager.default.fileExists(atPath: dir + "/leases.journal.tmp"))
-        #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
+        #expect(j.sizeBytes == fileBytes(dir))
     }
 
     /// What the journal gets while the snapshot is written, and while the switch waits, is
@@ -113,8 +128,7 @@ import Testing
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = SystemClock().now()
-        let j = try LeaseJournal(stateDir: dir)
-        for i in 0..<20 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+        let j = try journal(dir, leases: 20, clock: clock)
         let snapshotMayGo = DispatchSemaphore(value: 0)
         let keep = record("keep", clock: clock)
         j.beginCompaction(clock: clock) {
@@ -152,11 +166,8 @@ import Testing
         try j.append([.lease(record("after", clock: clock))], clock: clock)
         let (records, cut) = try LeaseJournal(stateDir: dir).load(clock: clock)
         #expect(cut == 0)
-        #expect(records.map { r -> String in
-            if case .lease(let l) = r { return l.id }
-            return "cursor"
-        } == ["keep"] + during + ["late", "after"])
-        #expect(j.sizeBytes == (try FileManager.default.attributesOfItem(atPath: dir + "/leases.journal")[.size] as? Int))
+        #expect(leaseIDs(records) == ["keep"] + during + ["late", "after"])
+        #expect(j.sizeBytes == fileBytes(dir))
         // The replaced journal is closed (in the background), not leaked.
         func replacedStillOpen() -> Bool {
             let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
@@ -172,8 +183,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let clock = SystemClock().now()
         do {
-            let j = try LeaseJournal(stateDir: dir)
-            for i in 0..<20 { try j.append([.lease(record("l\(i)", clock: clock))], clock: clock) }
+            let j = try journal(dir, leases: 20, clock: clock)
             j.beginCompaction([.lease(record("keep", clock: clock))], clock: clock)
             try j.append([.lease(record("during", clock: clock))], clock: clock)
         }   // the journal is closed (an agent stopped) before the switch
