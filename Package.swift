@@ -83,7 +83,7 @@ let package = Package(
         // Test helpers shared by the test targets (shell, throwaway namespaces, the lab).
         .target(name: "AIPagingTestSupport", path: "Tests/AIPagingTestSupport", swiftSettings: strict),
 
-        .executableTarget(name: "EnforceBench", dependencies: ["AIPagingClient", "AIPagingCore"],
+        .executableTarget(name: "EnforceBench", dependencies: ["AIPagingClient", "AIPagingCore", "CAIPagingShim"],
                           path: "Benchmarks/EnforceBench", swiftSettings: strict),
 
         .executableTarget(name: "RestartBench", dependencies: ["AIPagingClient", "AIPagingCore"],

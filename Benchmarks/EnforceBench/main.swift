@@ -10,6 +10,7 @@
 // nothing is steered after a lease's deadline.
 import AIPagingClient
 import AIPagingCore
+import CAIPagingShim
 import Foundation
 import Synchronization
 
@@ -304,22 +305,52 @@ func naiveTeardown() {
     sh(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "r-cloud", "root"], check: false)
 }
 
-/// One naive install (nft + tc process) and removal (nft + tc process); times in ms.
-func naiveOnce(_ k: Int) -> (Double, Double) {
+/// One naive install (nft + tc process) and removal (nft + tc process); times in ms. `wrapper`
+/// is what enters the namespace for each process (`ip netns exec NS`, as a program outside it
+/// such as the agent must), or nothing when the caller's thread is already inside it.
+func naiveOnce(_ k: Int, wrapper: [String]) -> (Double, Double) {
     let mark = 0xa300_0000 + k
     let cid = String(0xf000 + k % 0xfff, radix: 16)
     let t0 = now()
-    var rc = spawnWait(["ip", "netns", "exec", ns, "nft", "add", "element", "inet", "naive", "lease4",
-                        "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(mark) }"])
-    rc |= spawnWait(["ip", "netns", "exec", ns, "tc", "class", "add", "dev", "r-cloud", "parent", "1:1", "classid", "1:\(cid)", "htb",
-                     "rate", "100kbit", "ceil", "1mbit", "quantum", "1600"])
+    var rc = spawnWait(wrapper + ["nft", "add", "element", "inet", "naive", "lease4",
+                                  "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 timeout 1h : \(mark) }"])
+    rc |= spawnWait(wrapper + ["tc", "class", "add", "dev", "r-cloud", "parent", "1:1", "classid", "1:\(cid)", "htb",
+                               "rate", "100kbit", "ceil", "1mbit", "quantum", "1600"])
     let t1 = now()
-    rc |= spawnWait(["ip", "netns", "exec", ns, "nft", "delete", "element", "inet", "naive", "lease4",
-                     "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 }"])
-    rc |= spawnWait(["ip", "netns", "exec", ns, "tc", "class", "del", "dev", "r-cloud", "classid", "1:\(cid)"])
+    rc |= spawnWait(wrapper + ["nft", "delete", "element", "inet", "naive", "lease4",
+                               "{ 198.21.\(k / 250).\(k % 250 + 1) . 198.18.100.10 . udp . 7000 }"])
+    rc |= spawnWait(wrapper + ["tc", "class", "del", "dev", "r-cloud", "classid", "1:\(cid)"])
     let t2 = now()
     precondition(rc == 0, "a naive nft/tc command failed")
     return (Double(t1 - t0) / 1e6, Double(t2 - t1) / 1e6)
+}
+
+/// `n` naive installs and removals, alternating between the two ways of reaching the namespace:
+/// each process through `ip netns exec` (`outside`), and spawned directly from a thread that
+/// entered the namespace with setns(2), as a naive program running inside it would (`inside`;
+/// a child process inherits its thread's network namespace). Medians, ms.
+func naiveSamples(_ n: Int) -> (outside: (Double, Double), inside: (Double, Double)) {
+    let path = "/run/netns/\(ns)"
+    let results = Mutex<[(Bool, Double, Double)]>([])
+    let done = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        precondition(fd >= 0 && aip_setns_net(fd) == 0, "entering \(path): errno \(errno)")
+        close(fd)
+        for k in 0..<n {
+            let (a, b) = naiveOnce(2 * k, wrapper: ["ip", "netns", "exec", ns])
+            let (c, d) = naiveOnce(2 * k + 1, wrapper: [])
+            results.withLock { $0 += [(false, a, b), (true, c, d)] }
+        }
+        done.signal()
+    }
+    done.wait()
+    let r = results.withLock { $0 }
+    func medians(_ inside: Bool) -> (Double, Double) {
+        let xs = r.filter { $0.0 == inside }
+        return (pct(xs.map(\.1), 0.5), pct(xs.map(\.2), 0.5))
+    }
+    return (medians(false), medians(true))
 }
 
 // MARK: no steering after a deadline (real packets)
@@ -409,7 +440,9 @@ struct Row {
     /// RSS right after the level's churn, and again after 2 s without requests (the agent trims
     /// malloc once its lease service has been idle for a second).
     var rss = 0.0, rssIdle = 0.0, heapInUse = 0.0, heapFree = 0.0
+    /// The naive way through `ip netns exec`, and from inside the namespace (`naiveSamples`).
     var naiveInstall = Double.nan, naiveRemove = Double.nan
+    var naiveInsideInstall = Double.nan, naiveInsideRemove = Double.nan
     var steeredAfter = 0, probesAfter = 0
 }
 var rows: [Row] = []
@@ -429,13 +462,9 @@ for level in opt.levels {
     // still holds the previous level's leases, a tenth of these or fewer).
     if level <= opt.naiveMax {
         naiveSetup(active: max(0, level - 1))
-        var ni: [Double] = [], nr: [Double] = []
-        for k in 0..<min(opt.samples, 50) {
-            let (a, b) = naiveOnce(k)
-            ni.append(a); nr.append(b)
-        }
-        row.naiveInstall = pct(ni, 0.5)
-        row.naiveRemove = pct(nr, 0.5)
+        let naive = naiveSamples(min(opt.samples, 50))
+        (row.naiveInstall, row.naiveRemove) = naive.outside
+        (row.naiveInsideInstall, row.naiveInsideRemove) = naive.inside
         naiveTeardown()
     }
     // Fill to level - 1 through the batch endpoint (64 clients, 100 leases per request).
@@ -530,16 +559,17 @@ for level in opt.levels {
     say("level \(level): install p50 \(f(row.installP50, 3)) ms p99 \(f(row.installP99, 3)) ms; revoke p50 \(f(row.revokeP50, 3)) ms p99 \(f(row.revokeP99, 3)) ms; "
           + "admission \(f(row.throughput, 0))/s per request (agent CPU \(f(row.cpuPerLeaseUs, 0)) µs/lease, \(f(row.cpuBusy, 0)) % busy), \(f(row.batched, 0))/s batched; expiry lateness p50 \(f(row.expiryP50, 2)) p99 \(f(row.expiryP99, 2)) max \(f(row.expiryMax, 2)) ms, under load p50 \(f(row.loadedExpiryP50, 2)) p99 \(f(row.loadedExpiryP99, 2)) max \(f(row.loadedExpiryMax, 2)) ms, paced p50 \(f(row.pacedExpiryP50, 2)) p99 \(f(row.pacedExpiryP99, 2)) max \(f(row.pacedExpiryMax, 2)) ms (the pacing client's install p50 \(f(row.pacedInstallP50, 3)) p99 \(f(row.pacedInstallP99, 3)) ms); "
           + "journal fdatasync p99/max \(row.journalSync) ms, lease thread's wait for it p99/max \(row.journalWait) ms, compactions so far \(row.journalCompaction); "
-          + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms; "
+          + "RSS \(f(row.rss, 1)) MB, \(f(row.rssIdle, 1)) MB after 2 s idle (malloc: \(f(row.heapInUse, 1)) MB in use, \(f(row.heapFree, 1)) MB free); naive install \(f(row.naiveInstall, 2)) ms remove \(f(row.naiveRemove, 2)) ms through ip netns exec, \(f(row.naiveInsideInstall, 2)) / \(f(row.naiveInsideRemove, 2)) ms from inside the namespace; "
           + "steered after deadline \(row.steeredAfter)/\(row.probesAfter)")
 }
 
 say("")
-say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms): quiet; under load; paced | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms) | naive ÷ agent (install p50) | packets steered after deadline |")
+say("| active leases | install p50 / p99 (ms) | revoke p50 / p99 (ms) | admission, leases/s (\(opt.clients) clients): one PUT each / batches of 100 | agent CPU per PUT (µs), % of a core | expiry lateness p50 / p99 / max (ms): quiet; under load; paced | agent RSS (MB): after churn / 2 s idle | naive install / removal (ms): through `ip netns exec`; from inside the namespace | naive ÷ agent (install p50): through `ip netns exec`; inside | packets steered after deadline |")
 say("| ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |")
 for r in rows {
-    let naive = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall)) / \(f(r.naiveRemove))"
-    let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x"
+    let naive = r.naiveInstall.isNaN ? "n/a"
+        : "\(f(r.naiveInstall)) / \(f(r.naiveRemove)); \(f(r.naiveInsideInstall)) / \(f(r.naiveInsideRemove))"
+    let ratio = r.naiveInstall.isNaN ? "n/a" : "\(f(r.naiveInstall / r.installP50, 0))x; \(f(r.naiveInsideInstall / r.installP50, 0))x"
     say("| \(r.level) | \(f(r.installP50, 3)) / \(f(r.installP99, 3)) | \(f(r.revokeP50, 3)) / \(f(r.revokeP99, 3)) | \(f(r.throughput, 0)) / \(f(r.batched, 0)) | \(f(r.cpuPerLeaseUs, 0)), \(f(r.cpuBusy, 0)) % | \(f(r.expiryP50)) / \(f(r.expiryP99)) / \(f(r.expiryMax)); \(f(r.loadedExpiryP50)) / \(f(r.loadedExpiryP99)) / \(f(r.loadedExpiryMax)); \(f(r.pacedExpiryP50)) / \(f(r.pacedExpiryP99)) / \(f(r.pacedExpiryMax)) | \(f(r.rss, 1)) / \(f(r.rssIdle, 1)) | \(naive) | \(ratio) | \(r.steeredAfter) of \(r.probesAfter) probes |")
 }
 if opt.hold > 0 {
