@@ -6,8 +6,9 @@
 // (deadline to state gone, from the agent's `expired` events; quiet, while 64 clients are being
 // admitted, and paced: one by one while one client admits and revokes), the agent's RSS (after
 // the churn and after 2 s idle); and in the same run the same install/removal done the naive way
-// (one `nft` and one `tc` process per lease), as a ratio. It also checks with real packets that
-// nothing is steered after a lease's deadline.
+// (one `nft` and one `tc` process per lease; each through `ip netns exec`, and spawned from inside
+// the namespace), as ratios. It also checks with real packets that nothing is steered after a
+// lease's deadline.
 import AIPagingClient
 import AIPagingCore
 import CAIPagingShim
