@@ -311,14 +311,13 @@ public final class LeaseJournal {
         }
     }
 
-    /// A compaction's temp file: the snapshot, then the journal's records from the snapshot's
-    /// offset up to `copiedTo`, fsynced up to `syncedBytes` of its `bytes`.
+    /// A compaction's temp file, `bytes` long and all of it fdatasynced: the snapshot, then the
+    /// journal's records from the snapshot's offset up to `copiedTo`.
     struct Written: Sendable {
         var fd: Int32
         var snapshotBytes: Int
         var copiedTo: Int
         var bytes: Int
-        var syncedBytes: Int
     }
 
     /// The compaction's thread copies what the journal got meanwhile (and fdatasyncs it) until
@@ -350,7 +349,7 @@ public final class LeaseJournal {
             var w: Written
             do throws(JournalError) {
                 let t = try LeaseJournal.writeSynced(tmp, bytes)
-                w = Written(fd: t, snapshotBytes: bytes.count, copiedTo: job.offset, bytes: bytes.count, syncedBytes: bytes.count)
+                w = Written(fd: t, snapshotBytes: bytes.count, copiedTo: job.offset, bytes: bytes.count)
             } catch {
                 job.state.withLock { $0.result = .failure(error) }
                 return
@@ -379,7 +378,6 @@ public final class LeaseJournal {
                         w.bytes += end - w.copiedTo
                         w.copiedTo = end
                         try LeaseJournal.syncData(w.fd, path: tmp)
-                        w.syncedBytes = w.bytes
                     } catch {
                         close(w.fd)
                         unlink(tmp)
@@ -436,10 +434,10 @@ public final class LeaseJournal {
         case .success(let v): w = v
         }
         // The records appended since the compaction's thread last looked, as they are in the
-        // journal (whole lines), and whatever of the file is not yet durable.
+        // journal (whole lines), made durable (what the thread copied, it synced).
         do throws(JournalError) {
-            try LeaseJournal.copy(from: fd, w.copiedTo..<sizeBytes, to: w.fd, path: tmp)
-            if w.syncedBytes < w.bytes + (sizeBytes - w.copiedTo) {
+            if sizeBytes > w.copiedTo {
+                try LeaseJournal.copy(from: fd, w.copiedTo..<sizeBytes, to: w.fd, path: tmp)
                 try LeaseJournal.syncData(w.fd, path: tmp)
             }
         } catch {
